@@ -1,0 +1,173 @@
+"""ContMix: context-mixing dynamic kernels, and the plug-and-play ContMix block.
+
+Every token's affinities to the 7x7 pooled region centres of a context map are projected
+into two per-pixel kernels (a small one and a large one, in groups), which are then applied
+to the value map with neighbourhood semantics (see ``overlock.ops``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import Tensor, nn
+
+from ..ops import contmix_apply
+from .conv import DilatedRepConv, ResDWConv
+from .norm import GRN, LayerNorm2d
+from .scale import LayerScale
+from .se import SEModule
+
+REGION_GRID = 7  # the context is pooled to 7 x 7 region centres
+
+
+def upsized_for_kernel(height: int, width: int, kernel_size: int) -> tuple[int, int] | None:
+    """Size a map is resized to when it is smaller than the kernel (None when it fits).
+
+    The shorter side becomes the kernel size and the other keeps the aspect ratio, truncated,
+    exactly as the official code computes it.
+    """
+    if min(height, width) >= kernel_size:
+        return None
+    if height < width:
+        return kernel_size, int(kernel_size / height * width)
+    return int(kernel_size / width * height), kernel_size
+
+
+def bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ContMixMixer(nn.Module):
+    """Dynamic-kernel generation and application shared by the ContMix and Focus-Net blocks.
+
+    ``num_heads`` follows the official variant tables; it is doubled into ``num_groups``
+    groups, each of which gets a ``smk_size`` kernel and a ``kernel_size`` kernel applied to
+    separate halves of the value channels. Subclasses own these parameters directly so that
+    official state-dict keys stay flat.
+    """
+
+    def _init_mixer(self, dim: int, key_dim: int, kernel_size: int, smk_size: int, num_heads: int) -> None:
+        self.kernel_size = kernel_size
+        self.smk_size = smk_size
+        self.num_groups = num_heads * 2
+        if dim % (2 * self.num_groups) != 0:
+            raise ValueError(f"dim {dim} must be divisible by 2 * num_groups = {2 * self.num_groups}")
+        self.scale = (dim // self.num_groups) ** -0.5
+        self.weight_query = nn.Sequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+        self.weight_key = nn.Sequential(
+            nn.AdaptiveAvgPool2d(REGION_GRID),
+            nn.Conv2d(key_dim, dim // 2, 1, bias=False),
+            nn.BatchNorm2d(dim // 2),
+        )
+        self.weight_proj = nn.Conv2d(REGION_GRID**2, kernel_size**2 + smk_size**2, 1)
+        self.rpb1 = nn.Parameter(torch.zeros(self.num_groups, 2 * smk_size - 1, 2 * smk_size - 1))
+        self.rpb2 = nn.Parameter(torch.zeros(self.num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
+
+    def dynamic_conv(self, value: Tensor, query_src: Tensor, key_src: Tensor) -> Tensor:
+        """Apply the generated kernels to ``value`` (B, dim, H, W); H and W must fit the kernel."""
+        batch, dim, height, width = value.shape
+        groups = self.num_groups
+        query = self.weight_query(query_src) * self.scale
+        key = self.weight_key(key_src)
+        query = query.reshape(batch, groups, -1, height * width)
+        key = key.reshape(batch, groups, -1, REGION_GRID**2)
+        affinity = query.transpose(-1, -2) @ key  # (B, G, HW, 49)
+        logits = F.linear(affinity, self.weight_proj.weight.flatten(1), self.weight_proj.bias)
+        logits = logits.reshape(batch, groups, height, width, -1)
+        small, large = logits.split([self.smk_size**2, self.kernel_size**2], dim=-1)
+        v_small, v_large = value.reshape(batch, 2, groups, dim // (2 * groups), height, width).permute(
+            1, 0, 2, 4, 5, 3
+        )
+        out_small = contmix_apply(small, v_small, self.smk_size, self.rpb1)
+        out_large = contmix_apply(large, v_large, self.kernel_size, self.rpb2)
+        out = torch.cat([out_small, out_large], dim=1)  # (B, 2G, H, W, C)
+        return out.permute(0, 1, 4, 2, 3).reshape(batch, dim, height, width)
+
+
+class ContMixBlock(ContMixMixer):
+    """The plug-and-play ContMix block of the official ``contmix.py``: a ContMix token mixer
+    (dynamic kernels from the block's own input) followed by a ConvFFN, on NCHW maps.
+
+    Args:
+        dim: channels in and out.
+        kernel_size: large dynamic kernel (and Dilated RepConv) size, odd, 5 to 19.
+        smk_size: small dynamic kernel size.
+        num_heads: kernel heads; doubled into groups (half small kernel, half large).
+        mlp_ratio: hidden width of the ConvFFN.
+        res_scale: scale the residual branch instead of the block output.
+        ls_init_value: LayerScale init, or None for no LayerScale.
+        drop_path: stochastic depth rate.
+        deploy: build the Dilated RepConv already merged (see ``reparameterize``).
+    """
+
+    def __init__(
+        self,
+        dim: int = 64,
+        kernel_size: int = 7,
+        smk_size: int = 5,
+        num_heads: int = 2,
+        mlp_ratio: float = 4,
+        res_scale: bool = False,
+        ls_init_value: float | None = None,
+        drop_path: float = 0.0,
+        deploy: bool = False,
+    ):
+        super().__init__()
+        self.res_scale = res_scale
+        self.dwconv1 = ResDWConv(dim, 3)
+        self.norm1 = LayerNorm2d(dim)
+        self._init_mixer(dim, dim, kernel_size, smk_size, num_heads)
+        nn.init.trunc_normal_(self.rpb1, std=0.02)
+        nn.init.trunc_normal_(self.rpb2, std=0.02)
+        self.weight_value = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.fusion_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.lepe = nn.Sequential(DilatedRepConv(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
+        self.se_layer = SEModule(dim)
+        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, dim, 1))
+        self.dwconv2 = ResDWConv(dim, 3)
+        self.norm2 = LayerNorm2d(dim)
+        self.mlp = conv_ffn(dim, int(dim * mlp_ratio), dim)
+        self.ls1 = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
+        self.ls2 = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        x = self.dwconv1(x)
+        identity = x
+        x = self.norm1(x)
+        gate = self.gate(x)
+        lepe = self.lepe(x)
+        size = upsized_for_kernel(height, width, self.kernel_size)
+        if size is not None:
+            x = bilinear(x, size)
+        x = self.dynamic_conv(self.weight_value(x), x, x)
+        if size is not None:
+            x = F.adaptive_avg_pool2d(x, (height, width))
+        x = self.proj(gate * self.se_layer(self.fusion_proj(x) + lepe))
+        x = residual(identity, x, self.ls1, self.drop_path, self.res_scale)
+        x = self.dwconv2(x)
+        return residual(x, self.mlp(self.norm2(x)), self.ls2, self.drop_path, self.res_scale)
+
+    def reparameterize(self) -> None:
+        """Merge the Dilated RepConv branches (in place) for inference."""
+        self.lepe[0].reparameterize()
+
+
+def conv_ffn(dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """ConvFFN: 1x1 conv, GELU, residual 3x3 depthwise conv, GRN, 1x1 conv."""
+    return nn.Sequential(
+        nn.Conv2d(dim, hidden, 1),
+        nn.GELU(),
+        ResDWConv(hidden, 3),
+        GRN(hidden),
+        nn.Conv2d(hidden, out_dim, 1),
+    )
+
+
+def residual(shortcut: Tensor, branch: Tensor, ls: nn.Module, drop_path: nn.Module, res_scale: bool) -> Tensor:
+    """Residual sum; with ``res_scale`` the LayerScale scales the shortcut, not the branch."""
+    if res_scale:
+        return ls(shortcut) + drop_path(branch)
+    return shortcut + drop_path(ls(branch))

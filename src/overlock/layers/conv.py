@@ -1,0 +1,110 @@
+"""Convolutions: residual depthwise conv and the Dilated RepConv of UniRepLKNet."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# large kernel -> (branch kernel sizes, branch dilations), the UniRepLKNet defaults used by OverLoCK
+DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    5: ((3, 3), (1, 2)),
+    7: ((5, 3, 3, 3), (1, 1, 2, 3)),
+    9: ((5, 7, 5, 3, 3), (1, 1, 2, 3, 4)),
+    11: ((5, 7, 5, 3, 3, 3), (1, 1, 2, 3, 4, 5)),
+    13: ((5, 7, 7, 3, 3, 3), (1, 1, 2, 3, 4, 5)),
+    15: ((5, 7, 7, 3, 3, 3), (1, 1, 2, 3, 5, 7)),
+    17: ((5, 7, 9, 3, 3, 3), (1, 1, 2, 4, 5, 7)),
+    19: ((5, 7, 9, 9, 3, 3, 3), (1, 1, 1, 2, 4, 5, 7)),
+}
+
+
+class ResDWConv(nn.Conv2d):
+    """Depthwise conv with a residual connection: x + dwconv(x)."""
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + super().forward(x)
+
+
+def fuse_conv_bn(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding conv's weight and bias."""
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    conv_bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return weight * scale.reshape(-1, 1, 1, 1), bn.bias + (conv_bias - bn.running_mean) * scale
+
+
+def dilated_to_dense(kernel: Tensor, dilation: int) -> Tensor:
+    """A depthwise (C, 1, k, k) kernel with dilation r as the equivalent dense (r(k-1)+1)^2 kernel."""
+    if dilation == 1:
+        return kernel
+    size = dilation * (kernel.shape[-1] - 1) + 1
+    dense = kernel.new_zeros(*kernel.shape[:2], size, size)
+    dense[..., ::dilation, ::dilation] = kernel
+    return dense
+
+
+class DilatedRepConv(nn.Module):
+    """Large-kernel depthwise conv plus parallel dilated small-kernel branches, each with BN.
+
+    ``reparameterize()`` merges every branch into one large-kernel conv with bias (the deploy form);
+    module and parameter names follow the official checkpoints.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False):
+        super().__init__()
+        if kernel_size not in DILATED_BRANCHES:
+            raise ValueError(
+                f"Dilated RepConv supports kernel sizes {sorted(DILATED_BRANCHES)}, got {kernel_size}"
+            )
+        self.kernel_size = kernel_size
+        self.lk_origin = nn.Conv2d(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=deploy
+        )
+        self.branches = tuple(zip(*DILATED_BRANCHES[kernel_size]))
+        if not deploy:
+            self.origin_bn = nn.BatchNorm2d(channels)
+            for k, r in self.branches:
+                conv = nn.Conv2d(
+                    channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r, groups=channels, bias=False
+                )
+                self.add_module(f"dil_conv_k{k}_{r}", conv)
+                self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels))
+
+    @property
+    def deployed(self) -> bool:
+        return not hasattr(self, "origin_bn")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.deployed:
+            return self.lk_origin(x)
+        out = self.origin_bn(self.lk_origin(x))
+        for k, r in self.branches:
+            out = out + getattr(self, f"dil_bn_k{k}_{r}")(getattr(self, f"dil_conv_k{k}_{r}")(x))
+        return out
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Merge all branches and BNs into ``lk_origin`` (in place; a no-op when already merged)."""
+        if self.deployed:
+            return
+        weight, bias = fuse_conv_bn(self.lk_origin.weight, self.lk_origin.bias, self.origin_bn)
+        for k, r in self.branches:
+            branch_w, branch_b = fuse_conv_bn(
+                getattr(self, f"dil_conv_k{k}_{r}").weight, None, getattr(self, f"dil_bn_k{k}_{r}")
+            )
+            dense = dilated_to_dense(branch_w, r)
+            pad = (self.kernel_size - dense.shape[-1]) // 2
+            weight = weight + F.pad(dense, [pad] * 4)
+            bias = bias + branch_b
+            delattr(self, f"dil_conv_k{k}_{r}")
+            delattr(self, f"dil_bn_k{k}_{r}")
+        channels = weight.shape[0]
+        merged = nn.Conv2d(
+            channels, channels, self.kernel_size, padding=self.kernel_size // 2, groups=channels, bias=True
+        ).to(weight.device, weight.dtype)
+        merged.weight.copy_(weight)
+        merged.bias.copy_(bias)
+        self.lk_origin = merged
+        del self.origin_bn
