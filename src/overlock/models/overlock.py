@@ -112,7 +112,7 @@ class OverLoCK(nn.Module):
         self.patch_embedx = ContextDownsample(d3, d4)
 
         num_blocks = sum(depths) + sum(sub_depths)
-        dpr = iter(x.item() for x in torch.linspace(0, drop_path_rate, num_blocks))
+        dpr = iter(torch.linspace(0, drop_path_rate, num_blocks, device="cpu").tolist())
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
             blocks = nn.ModuleList(
                 RepConvBlock(

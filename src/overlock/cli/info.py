@@ -1,0 +1,58 @@
+"""``overlock info``: parameters, MACs and configuration of models, beside the paper's figures."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import timm
+
+import overlock  # noqa: F401  (registers the models)
+from overlock.analysis import PAPER_FIGURES, count_macs, count_params
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", default=list(PAPER_FIGURES), help="model names (default: XT, T, S, B)")
+    parser.add_argument("--img-size", type=int, default=224, help="square input size for the MAC count")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def describe(name: str, img_size: int) -> dict:
+    """Deploy-form parameters (without the auxiliary head) and MACs of ``name`` and its paper figures."""
+    base = name.removesuffix("_reparam")
+    kwargs = {"with_aux_head": False} if base in timm.list_models("*overlock*") else {}
+    model = timm.create_model(name, **kwargs)
+    if hasattr(model, "reparameterize"):
+        model.reparameterize()
+    cfg = model.pretrained_cfg
+    row = {
+        "model": name,
+        "params_m": count_params(model) / 1e6,
+        "gmacs": count_macs(model, (3, img_size, img_size)) / 1e9,
+        "img_size": img_size,
+        "crop_pct": cfg.get("crop_pct"),
+        "interpolation": cfg.get("interpolation"),
+        "url": cfg.get("url"),
+    }
+    paper = PAPER_FIGURES.get(base)
+    if paper:
+        row.update({f"paper_{k}": v for k, v in paper.items()})
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = [m for m in args.models if m not in timm.list_models()]
+    if unknown:
+        raise SystemExit(f"unknown model(s): {', '.join(unknown)}; OverLoCK models: {timm.list_models('*overlock*')}")
+    rows = [describe(m, args.img_size) for m in args.models]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<22} {'params (M)':>10} {'paper':>6} {'GMACs':>7} {'paper':>6} {'top-1':>6}  crop  interp")
+    for r in rows:
+        print(
+            f"{r['model']:<22} {r['params_m']:>10.2f} {r.get('paper_params_m', float('nan')):>6.1f} "
+            f"{r['gmacs']:>7.2f} {r.get('paper_gmacs', float('nan')):>6.1f} {r.get('paper_top1', float('nan')):>6.1f}"
+            f"  {r['crop_pct']}  {r['interpolation']}"
+        )
+    print(f"params: deploy form without the auxiliary head; MACs at {args.img_size}px by torch FlopCounterMode / 2")
+    return 0

@@ -1,0 +1,49 @@
+"""Parameters and MACs against the paper's Table 1, and the ``overlock info`` command."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+from overlock.analysis import PAPER_FIGURES, count_macs, count_params
+from overlock.cli.info import describe
+from overlock.cli.main import main
+
+
+@pytest.mark.parametrize("name", list(PAPER_FIGURES))
+def test_params_and_macs_within_5_percent_of_paper(name):
+    row = describe(name, 224)
+    paper = PAPER_FIGURES[name]
+    assert abs(row["params_m"] / paper["params_m"] - 1) <= 0.05, row
+    assert abs(row["gmacs"] / paper["gmacs"] - 1) <= 0.05, row
+
+
+def test_count_macs_of_a_known_conv():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert count_macs(conv, (3, 10, 10)) == 8 * 10 * 10 * 3 * 9
+    assert count_params(conv) == 8 * 27 + 8
+    assert count_params(conv, exclude_prefixes=("bias",)) == 8 * 27
+
+
+def test_reparam_form_has_fewer_params_same_outputs():
+    model = timm.create_model("test_overlock", with_aux_head=False).eval()
+    before = count_params(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        model.reparameterize()
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    assert count_params(model) < before
+
+
+def test_info_command_json(capsys):
+    assert main(["info", "test_overlock", "--img-size", "64", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["model"] == "test_overlock" and rows[0]["gmacs"] > 0
+
+
+def test_info_command_unknown_model():
+    with pytest.raises(SystemExit, match="unknown model"):
+        main(["info", "overlock_xxl"])

@@ -1,0 +1,26 @@
+"""Every official variant has exactly the official state-dict keys and shapes (all sizes)."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+VARIANTS = ("xt", "t", "s", "b")
+
+
+def _build(entry: str):
+    base = entry.removesuffix("_dense_backbone")
+    kwargs = {"dense": True} if entry.endswith("_dense_backbone") else {}
+    with torch.device("meta"):
+        return timm.create_model(base, **kwargs)
+
+
+@pytest.mark.parametrize("form", ["", "_reparam", "_dense_backbone"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keys_and_shapes_match_official(official_keys, variant, form):
+    entry = f"overlock_{variant}{form}"
+    expected = {k: list(v) for k, v in official_keys[entry].items()}
+    ours = {k: list(v.shape) for k, v in _build(entry).state_dict().items()}
+    assert sorted(set(expected) - set(ours)) == []
+    assert sorted(set(ours) - set(expected)) == []
+    assert {k: s for k, s in ours.items() if expected[k] != s} == {}
