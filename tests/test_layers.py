@@ -78,3 +78,21 @@ def test_contmix_block_shapes_grads_and_reparam(size):
 def test_contmix_block_rejects_indivisible_dim():
     with pytest.raises(ValueError, match="divisible"):
         ContMixBlock(dim=20, num_heads=2)
+
+
+def test_contmix_block_checkpointing_gives_identical_grads():
+    torch.manual_seed(0)
+    plain = ContMixBlock(dim=16, kernel_size=7, num_heads=1, drop_path=0.0)
+    ckpt = ContMixBlock(dim=16, kernel_size=7, num_heads=1, use_checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 16, 12, 10, requires_grad=True)
+    grads = []
+    for block in (plain, ckpt):
+        (out,) = torch.autograd.grad(block(x).square().sum(), x)
+        grads.append(out)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_contmix_block_custom_norm_layer():
+    block = ContMixBlock(dim=16, kernel_size=7, num_heads=1, norm_layer=nn.BatchNorm2d)
+    assert isinstance(block.norm1, nn.BatchNorm2d) and isinstance(block.norm2, nn.BatchNorm2d)

@@ -6,10 +6,13 @@ to the value map with neighbourhood semantics (see ``overlock.ops``).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import contmix_apply
 from .conv import DilatedRepConv, ResDWConv
@@ -34,7 +37,26 @@ def upsized_for_kernel(height: int, width: int, kernel_size: int) -> tuple[int, 
 
 
 def bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize without corner alignment (the official resizing of small maps)."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def conv_ffn(dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """ConvFFN: 1x1 conv, GELU, residual 3x3 depthwise conv, GRN, 1x1 conv."""
+    return nn.Sequential(
+        nn.Conv2d(dim, hidden, 1),
+        nn.GELU(),
+        ResDWConv(hidden, 3),
+        GRN(hidden),
+        nn.Conv2d(hidden, out_dim, 1),
+    )
+
+
+def residual(shortcut: Tensor, branch: Tensor, ls: nn.Module, drop_path: nn.Module, res_scale: bool) -> Tensor:
+    """Residual sum; with ``res_scale`` the LayerScale scales the shortcut, not the branch."""
+    if res_scale:
+        return ls(shortcut) + drop_path(branch)
+    return shortcut + drop_path(ls(branch))
 
 
 class ContMixMixer(nn.Module):
@@ -97,7 +119,9 @@ class ContMixBlock(ContMixMixer):
         res_scale: scale the residual branch instead of the block output.
         ls_init_value: LayerScale init, or None for no LayerScale.
         drop_path: stochastic depth rate.
+        norm_layer: normalisation before the mixer and the ConvFFN (channels -> module).
         deploy: build the Dilated RepConv already merged (see ``reparameterize``).
+        use_checkpoint: recompute the block in the backward pass to save memory.
     """
 
     def __init__(
@@ -110,12 +134,15 @@ class ContMixBlock(ContMixMixer):
         res_scale: bool = False,
         ls_init_value: float | None = None,
         drop_path: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] = LayerNorm2d,
         deploy: bool = False,
+        use_checkpoint: bool = False,
     ):
         super().__init__()
         self.res_scale = res_scale
+        self.use_checkpoint = use_checkpoint
         self.dwconv1 = ResDWConv(dim, 3)
-        self.norm1 = LayerNorm2d(dim)
+        self.norm1 = norm_layer(dim)
         self._init_mixer(dim, dim, kernel_size, smk_size, num_heads)
         nn.init.trunc_normal_(self.rpb1, std=0.02)
         nn.init.trunc_normal_(self.rpb2, std=0.02)
@@ -126,13 +153,18 @@ class ContMixBlock(ContMixMixer):
         self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
         self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, dim, 1))
         self.dwconv2 = ResDWConv(dim, 3)
-        self.norm2 = LayerNorm2d(dim)
+        self.norm2 = norm_layer(dim)
         self.mlp = conv_ffn(dim, int(dim * mlp_ratio), dim)
         self.ls1 = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
         self.ls2 = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.use_checkpoint and x.requires_grad:
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
         x = self.dwconv1(x)
         identity = x
@@ -153,21 +185,3 @@ class ContMixBlock(ContMixMixer):
     def reparameterize(self) -> None:
         """Merge the Dilated RepConv branches (in place) for inference."""
         self.lepe[0].reparameterize()
-
-
-def conv_ffn(dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """ConvFFN: 1x1 conv, GELU, residual 3x3 depthwise conv, GRN, 1x1 conv."""
-    return nn.Sequential(
-        nn.Conv2d(dim, hidden, 1),
-        nn.GELU(),
-        ResDWConv(hidden, 3),
-        GRN(hidden),
-        nn.Conv2d(hidden, out_dim, 1),
-    )
-
-
-def residual(shortcut: Tensor, branch: Tensor, ls: nn.Module, drop_path: nn.Module, res_scale: bool) -> Tensor:
-    """Residual sum; with ``res_scale`` the LayerScale scales the shortcut, not the branch."""
-    if res_scale:
-        return ls(shortcut) + drop_path(branch)
-    return shortcut + drop_path(ls(branch))
