@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "validate": "top-1/top-5 and loss on an image folder or robustness set",
     "predict": "top-k classes for images",
     "benchmark": "throughput, latency and memory against other timm models",
+    "erf": "effective receptive field of a model, as a heat map",
+    "cam": "Grad-CAM class-activation map of a prediction",
 }
 
 
