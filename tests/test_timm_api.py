@@ -172,3 +172,16 @@ def test_timm_reparameterize_model_gives_the_deploy_form():
         deployed = timm.utils.reparameterize_model(model)
         torch.testing.assert_close(deployed(x), expected, rtol=1e-4, atol=1e-5)
     assert deployed.state_dict().keys() == timm.create_model(NAME, deploy=True).state_dict().keys()
+
+
+@pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")
+def test_fx_symbolic_trace_matches_eager(model):
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    _, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    traced = create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(next(iter(traced(x).values())), model(x))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_module
 from torch import Tensor, nn
 
 from .contmix import ContMixMixer, bilinear, conv_ffn, residual, upsized_for_kernel
@@ -43,10 +43,14 @@ class RepConvBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.dwconv(x)
-        branch, drop_path = self.proj[:-1](x), self.proj[-1]
+        *layers, drop_path = self.proj
+        branch = x
+        for layer in layers:
+            branch = layer(branch)
         return residual(x, branch, self.ls, drop_path, self.res_scale)
 
 
+@register_notrace_module  # shape-dependent resizing: a leaf for torch.fx
 class DynamicConvBlock(ContMixMixer):
     """Focus-Net block: fuses the features with the context prior, mixes tokens with ContMix
     kernels generated from that context, and updates both (the context channels ride along).

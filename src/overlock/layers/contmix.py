@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_module
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -106,6 +106,7 @@ class ContMixMixer(nn.Module):
         return out.permute(0, 1, 4, 2, 3).reshape(batch, dim, height, width)
 
 
+@register_notrace_module  # shape-dependent resizing: a leaf for torch.fx
 class ContMixBlock(ContMixMixer):
     """The plug-and-play ContMix block of the official ``contmix.py``: a ContMix token mixer
     (dynamic kernels from the block's own input) followed by a ConvFFN, on NCHW maps.

@@ -18,11 +18,12 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_tracing
 
 from ..layers import ContextDownsample, DilatedRepConv, DynamicConvBlock, LayerNorm2d, LayerScale, RepConvBlock
 from ..layers.blocks import conv_bn, stem
@@ -43,6 +44,23 @@ class OverLoCKOutput(NamedTuple):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model."""
+
+
+@register_notrace_function
+def check_image_batch(x: Tensor, in_chans: int) -> None:
+    """Clear errors for inputs the model cannot take."""
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+        raise ValueError(f"input must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}")
+
+
+@register_notrace_function
+def resize_like(x: Tensor, reference: Tensor) -> Tensor:
+    """Bilinear resize of ``x`` to the spatial size of ``reference`` (the context prior to stride 16)."""
+    return F.interpolate(x, size=reference.shape[2:], mode="bilinear", align_corners=False)
 
 
 class OverLoCK(nn.Module):
@@ -225,19 +243,10 @@ class OverLoCK(nn.Module):
             return checkpoint(block, *args)
         return block(*args)
 
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"expected a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-        in_chans = self.patch_embed1[0].in_channels
-        if x.shape[1] != in_chans:
-            raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if min(x.shape[-2:]) < MIN_INPUT_SIZE:
-            raise ValueError(f"input must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}")
-
     def _levels(self, x: Tensor, last: int = 3) -> list[Tensor]:
         """Pyramid outputs at strides 4, 8, 16, 32 (levels 0..``last``) plus, for classification
         models, the Overview-Net output as an extra final entry when ``last`` is 3."""
-        self._check_input(x)
+        check_image_batch(x, self.patch_embed1[0].in_channels)
         out: list[Tensor] = []
         x = self.patch_embed1(x)
         for i, blk in enumerate(self.blocks1):
@@ -260,7 +269,7 @@ class OverLoCK(nn.Module):
         for i, blk in enumerate(self.blocks4):
             overview = self._call(4, i, blk, overview)
         ctx_prior = self.high_level_proj(overview)
-        ctx_up = F.interpolate(ctx_prior, size=x.shape[2:], mode="bilinear", align_corners=False)
+        ctx_up = resize_like(ctx_prior, x)
         ctx = ctx_up
         for i, blk in enumerate(self.sub_blocks3):
             x, ctx = self._call(3, i, blk, x, ctx, ctx_up)
@@ -314,7 +323,10 @@ class OverLoCK(nn.Module):
         focus, overview = self.forward_features_with_context(x)
         logits = self.forward_head(focus)
         if self.training and hasattr(self, "aux_head"):
-            return OverLoCKOutput(logits, self.forward_aux_head(overview))
+            aux = self.forward_aux_head(overview)
+            if is_fx_tracing():  # keep both heads visible as graph outputs to torch.fx
+                return logits, aux
+            return OverLoCKOutput(logits, aux)
         return logits
 
     def forward_intermediates(
