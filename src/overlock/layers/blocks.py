@@ -78,7 +78,6 @@ class DynamicConvBlock(ContMixMixer):
         ctx_dim = ctx_dim // 4
         out_dim = dim + ctx_dim
         self.dim, self.ctx_dim = dim, ctx_dim
-        self.res_scale = res_scale
         self.is_first, self.is_last = is_first, is_last
         if not is_first:
             self.x_scale = LayerScale(ctx_dim, 1)
@@ -94,16 +93,9 @@ class DynamicConvBlock(ContMixMixer):
         )
         self._init_mixer(dim, ctx_dim, kernel_size, smk_size, num_heads)
         self.dyconv_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
-        self.lepe = nn.Sequential(DilatedRepConv(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
-        self.se_layer = SEModule(dim)
-        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
-        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
-        self.dwconv2 = ResDWConv(out_dim, 3)
-        self.norm2 = LayerNorm2d(out_dim)
-        self.mlp = conv_ffn(out_dim, int(dim * mlp_ratio), out_dim)
-        self.ls1 = LayerScale(out_dim, ls_init_value) if ls_init_value is not None else nn.Identity()
-        self.ls2 = LayerScale(out_dim, ls_init_value) if ls_init_value is not None else nn.Identity()
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self._init_output(
+            dim, out_dim, kernel_size, mlp_ratio, ls_init_value, res_scale, drop_path, LayerNorm2d, deploy
+        )
 
     def forward(self, x: Tensor, ctx: Tensor, ctx_prior: Tensor) -> tuple[Tensor, Tensor | None]:
         height, width = x.shape[-2:]
@@ -122,10 +114,7 @@ class DynamicConvBlock(ContMixMixer):
         x = self.dynamic_conv(x, query_src, key_src)
         if size is not None:
             x = F.adaptive_avg_pool2d(x, (height, width))
-        x = self.proj(gate * self.se_layer(self.dyconv_proj(x) + lepe))
-        x = residual(identity, x, self.ls1, self.drop_path, self.res_scale)
-        x = self.dwconv2(x)
-        x = residual(x, self.mlp(self.norm2(x)), self.ls2, self.drop_path, self.res_scale)
+        x = self._output(self.dyconv_proj(x), gate, lepe, identity)
         if self.is_last:
             return x, None
         x, ctx = x.split([self.dim, self.ctx_dim], dim=1)

@@ -85,6 +85,39 @@ class ContMixMixer(nn.Module):
         self.rpb1 = nn.Parameter(torch.zeros(self.num_groups, 2 * smk_size - 1, 2 * smk_size - 1))
         self.rpb2 = nn.Parameter(torch.zeros(self.num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
 
+    def _init_output(
+        self,
+        dim: int,
+        out_dim: int,
+        kernel_size: int,
+        mlp_ratio: float,
+        ls_init_value: float | None,
+        res_scale: bool,
+        drop_path: float,
+        norm_layer: Callable[[int], nn.Module],
+        deploy: bool,
+    ) -> None:
+        """The parts after the dynamic convolution: large-kernel positional term, SE, gate, output
+        projection to ``out_dim``, residuals and the ConvFFN."""
+        self.lepe = nn.Sequential(DilatedRepConv(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
+        self.se_layer = SEModule(dim)
+        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
+        self.dwconv2 = ResDWConv(out_dim, 3)
+        self.norm2 = norm_layer(out_dim)
+        self.mlp = conv_ffn(out_dim, int(dim * mlp_ratio), out_dim)
+        self.ls1 = LayerScale(out_dim, ls_init_value) if ls_init_value is not None else nn.Identity()
+        self.ls2 = LayerScale(out_dim, ls_init_value) if ls_init_value is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.res_scale = res_scale
+
+    def _output(self, mixed: Tensor, gate: Tensor, lepe: Tensor, identity: Tensor) -> Tensor:
+        """Gate the mixed tokens, add the token-mixer residual, then the ConvFFN residual."""
+        x = self.proj(gate * self.se_layer(mixed + lepe))
+        x = residual(identity, x, self.ls1, self.drop_path, self.res_scale)
+        x = self.dwconv2(x)
+        return residual(x, self.mlp(self.norm2(x)), self.ls2, self.drop_path, self.res_scale)
+
     def dynamic_conv(self, value: Tensor, query_src: Tensor, key_src: Tensor) -> Tensor:
         """Apply the generated kernels to ``value`` (B, dim, H, W); H and W must fit the kernel."""
         batch, dim, height, width = value.shape
@@ -140,7 +173,6 @@ class ContMixBlock(ContMixMixer):
         use_checkpoint: bool = False,
     ):
         super().__init__()
-        self.res_scale = res_scale
         self.use_checkpoint = use_checkpoint
         self.dwconv1 = ResDWConv(dim, 3)
         self.norm1 = norm_layer(dim)
@@ -149,16 +181,7 @@ class ContMixBlock(ContMixMixer):
         nn.init.trunc_normal_(self.rpb2, std=0.02)
         self.weight_value = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
         self.fusion_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
-        self.lepe = nn.Sequential(DilatedRepConv(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
-        self.se_layer = SEModule(dim)
-        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
-        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, dim, 1))
-        self.dwconv2 = ResDWConv(dim, 3)
-        self.norm2 = norm_layer(dim)
-        self.mlp = conv_ffn(dim, int(dim * mlp_ratio), dim)
-        self.ls1 = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
-        self.ls2 = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self._init_output(dim, dim, kernel_size, mlp_ratio, ls_init_value, res_scale, drop_path, norm_layer, deploy)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_checkpoint and x.requires_grad:
@@ -178,10 +201,7 @@ class ContMixBlock(ContMixMixer):
         x = self.dynamic_conv(self.weight_value(x), x, x)
         if size is not None:
             x = F.adaptive_avg_pool2d(x, (height, width))
-        x = self.proj(gate * self.se_layer(self.fusion_proj(x) + lepe))
-        x = residual(identity, x, self.ls1, self.drop_path, self.res_scale)
-        x = self.dwconv2(x)
-        return residual(x, self.mlp(self.norm2(x)), self.ls2, self.drop_path, self.res_scale)
+        return self._output(self.fusion_proj(x), gate, lepe, identity)
 
     def reparameterize(self) -> None:
         """Merge the Dilated RepConv branches (in place) for inference."""
