@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..layers import ContextDownsample, DilatedRepConv, DynamicConvBlock, LayerNorm2d, LayerScale, RepConvBlock
 from ..layers.blocks import conv_bn, stem
@@ -324,7 +324,7 @@ class OverLoCK(nn.Module):
         logits = self.forward_head(focus)
         if self.training and hasattr(self, "aux_head"):
             aux = self.forward_aux_head(overview)
-            if is_fx_tracing():  # keep both heads visible as graph outputs to torch.fx
+            if is_fx_symbolic_tracing():  # keep both heads visible as graph outputs to torch.fx
                 return logits, aux
             return OverLoCKOutput(logits, aux)
         return logits

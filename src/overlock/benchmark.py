@@ -1,0 +1,183 @@
+"""Side-by-side speed measurements: throughput, latency, peak memory, parameters and MACs of timm models.
+
+Each model is measured in a fresh child process (one after the other, in one run) so that its peak memory
+is its own: CUDA's allocator statistics on a GPU, the child's peak resident set size on a CPU.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import torch
+
+import overlock  # noqa: F401  (registers the models)
+
+from .analysis import PAPER_FIGURES, count_macs, count_params
+
+# ImageNet-1k top-1 (%) at 224 px of peers trained on ImageNet-1k alone: ConvNeXt paper (Liu et al. 2022), Table 1
+PEER_TOP1: dict[str, float] = {"convnext_tiny": 82.1, "convnext_small": 83.1, "convnext_base": 83.8}
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class BenchConfig:
+    """What to measure: one setting applied to every model of a run."""
+
+    batch_size: int = 8
+    img_size: int = 224
+    device: str = "cpu"
+    dtype: str = "fp32"  # fp32, or bf16/fp16 autocast
+    channels_last: bool = False
+    compile: bool = False
+    mode: str = "infer"  # 'infer' (no grad, eval) or 'train' (forward, backward, optimizer step)
+    reparam: bool = True  # measure the deploy form of re-parameterisable models (inference only)
+    warmup: int = 2
+    iters: int = 6
+    threads: int | None = None
+
+
+@dataclass
+class BenchResult:
+    model: str
+    params_m: float
+    gmacs: float
+    images_per_s: float
+    latency_ms: float  # median time of one batch
+    peak_mem_mb: float
+    top1: float | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def top1_of(name: str) -> float | None:
+    """The published ImageNet-1k top-1 of ``name`` (paper figures for OverLoCK, ConvNeXt paper for peers)."""
+    base = name.removesuffix("_reparam")
+    if base in PAPER_FIGURES:
+        return PAPER_FIGURES[base]["top1"]
+    return PEER_TOP1.get(name)
+
+
+def _measure(name: str, cfg: BenchConfig) -> BenchResult:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    kwargs = {"with_aux_head": False} if name.startswith("overlock") and cfg.mode == "infer" else {}
+    model = timm.create_model(name, **kwargs)
+    if cfg.mode == "infer":
+        model.eval()
+        if cfg.reparam:
+            timm.utils.reparameterize_model(model, inplace=True)
+    params = count_params(model)
+    macs = count_macs(model, (3, cfg.img_size, cfg.img_size))
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device).to(memory_format=memory_format)
+    target = torch.randint(0, 1000, (cfg.batch_size,), device=device)
+    run = torch.compile(model) if cfg.compile else model
+    autocast = torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "fp32")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if cfg.mode == "train" else None
+
+    def step() -> None:
+        if optimizer is None:
+            with torch.no_grad(), autocast:
+                run(x)
+            return
+        with autocast:
+            out = run(x)
+            logits = out[0] if isinstance(out, tuple) else out
+            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(cfg.warmup + cfg.iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= cfg.warmup:
+            times.append(time.perf_counter() - start)
+    latency = statistics.median(times)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return BenchResult(name, params / 1e6, macs / 1e9, cfg.batch_size / latency, latency * 1000, peak,
+                       top1_of(name), asdict(cfg))
+
+
+def _child(name: str, cfg: BenchConfig, queue: mp.Queue) -> None:
+    try:
+        queue.put(_measure(name, cfg))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent with the model name
+        queue.put(RuntimeError(f"{name}: {type(exc).__name__}: {exc}"))
+
+
+def benchmark(models: list[str], cfg: BenchConfig) -> list[BenchResult]:
+    """Measure ``models`` one after the other, each in its own child process, with the same settings."""
+    unknown = [m for m in models if m not in timm.list_models()]
+    if unknown:
+        raise ValueError(f"unknown model(s): {', '.join(unknown)}")
+    if cfg.mode not in ("infer", "train"):
+        raise ValueError(f"mode must be 'infer' or 'train', got {cfg.mode!r}")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    ctx = mp.get_context("spawn")
+    results = []
+    for name in models:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child, args=(name, cfg, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        if isinstance(result, Exception):
+            raise result
+        results.append(result)
+    return results
+
+
+def format_table(results: list[BenchResult]) -> str:
+    """A text table, with each model's throughput relative to the first one."""
+    head = f"{'model':<22} {'params M':>8} {'GMACs':>6} {'img/s':>8} {'ratio':>6} {'ms/batch':>9} {'peak MB':>8} {'top-1':>6}"
+    lines = [head, "-" * len(head)]
+    base = results[0].images_per_s if results else 1.0
+    for r in results:
+        top1 = f"{r.top1:.1f}" if r.top1 is not None else "-"
+        lines.append(
+            f"{r.model:<22} {r.params_m:>8.2f} {r.gmacs:>6.2f} {r.images_per_s:>8.2f} {r.images_per_s / base:>6.2f} "
+            f"{r.latency_ms:>9.1f} {r.peak_mem_mb:>8.0f} {top1:>6}"
+        )
+    return "\n".join(lines)
+
+
+def plot_speed_accuracy(results: list[BenchResult], path: str, title: str) -> None:
+    """Throughput against published ImageNet top-1 for the models that have one, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in results:
+        if r.top1 is None:
+            continue
+        ours = r.model.startswith("overlock")
+        ax.scatter(r.images_per_s, r.top1, marker="*" if ours else "o", s=140 if ours else 60,
+                   color="tab:red" if ours else "tab:blue")
+        ax.annotate(r.model, (r.images_per_s, r.top1), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set(xlabel="throughput (images/s)", ylabel="ImageNet-1k top-1 (%)", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""``overlock benchmark``: our models and any timm models side by side: speed, memory, size, accuracy."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from overlock.benchmark import BenchConfig, benchmark, format_table, plot_speed_accuracy
+
+DEFAULT_MODELS = ["overlock_xt", "convnext_nano", "overlock_t", "convnext_tiny"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", default=DEFAULT_MODELS, help="timm model names (first = ratio base)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each model")
+    parser.add_argument("--mode", choices=["infer", "train"], default="infer", help="inference or a training step")
+    parser.add_argument("--no-reparam", action="store_true", help="measure the training form for inference too")
+    parser.add_argument("--iters", type=int, default=6, help="timed iterations (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="write a speed-accuracy plot")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = BenchConfig(
+        batch_size=args.batch_size, img_size=args.img_size, device=args.device, dtype=args.dtype,
+        channels_last=args.channels_last, compile=args.compile, mode=args.mode, reparam=not args.no_reparam,
+        warmup=args.warmup, iters=args.iters, threads=args.threads,
+    )
+    results = benchmark(args.models, cfg)
+    print(format_table(results))
+    print(f"{cfg.mode}, batch {cfg.batch_size}, {cfg.img_size} px, {cfg.device}, {cfg.dtype}"
+          f"{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}; "
+          f"medians of {cfg.iters} iterations; ratio = throughput / first model's")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in results], f, indent=2)
+    if args.plot:
+        plot_speed_accuracy(results, args.plot, f"{cfg.device} {cfg.mode}, batch {cfg.batch_size}, {cfg.img_size}px")
+        print(f"wrote {args.plot}")
+    return 0

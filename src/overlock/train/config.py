@@ -1,0 +1,100 @@
+"""Training configuration and the recipe presets (paper / official scripts, and the Fashion-MNIST job)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; presets fill in recipes, the command line overrides any field."""
+
+    model: str = "overlock_xt"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None  # checkpoint file to start from (official or ours)
+    dataset: str = "folder"  # 'folder' (ROOT/train/CLASS, ROOT/val/CLASS) or 'fashion_mnist'
+    data_dir: str | None = None
+    num_classes: int | None = None  # default: from the dataset
+    img_size: int = 224
+    epochs: int = 300
+    batch_size: int = 128  # per process
+    accum_steps: int = 1
+    lr: float | None = None  # default: base_lr * global batch / 1024
+    base_lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: float = 5
+    weight_decay: float = 0.05
+    opt: str = "adamw"
+    clip_grad: float | None = 5.0
+    drop_path: float = 0.1
+    aux_weight: float = 0.4
+    ema_decay: float = 0.9999  # 0 disables the model EMA
+    amp: str = "none"  # 'none', 'bf16' or 'fp16'
+    channels_last: bool = False  # NHWC memory format (faster depthwise convolutions on CPUs and GPUs)
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    label_smoothing: float = 0.1
+    reprob: float = 0.25
+    workers: int = 4
+    seed: int = 0
+    grad_checkpointing: list[int] = field(default_factory=list)  # per-stage block counts, [] = off
+    sync_bn: bool = False
+    bn_eval: bool = False  # keep BatchNorm statistics frozen while training (fine-tuning, exact DDP tests)
+    output: str = "runs/overlock"
+    save_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    max_steps: int = 0  # stop after N optimizer steps in all (0: no limit)
+
+    def updated(self, **changes: Any) -> "TrainConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+_PAPER = dict(
+    epochs=300, batch_size=128, base_lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=5, weight_decay=0.05,
+    clip_grad=5.0, aux_weight=0.4, ema_decay=0.9999, amp="bf16", auto_augment="rand-m9-mstd0.5-inc1",
+    mixup=0.8, cutmix=1.0, label_smoothing=0.1, reprob=0.25, img_size=224, dataset="folder",
+)
+
+PRESETS: dict[str, TrainConfig] = {
+    # ImageNet-1k, the paper's DeiT-style recipe; drop path per variant
+    "overlock_xt": TrainConfig(model="overlock_xt", drop_path=0.1, **_PAPER),
+    "overlock_t": TrainConfig(model="overlock_t", drop_path=0.15, **_PAPER),
+    "overlock_s": TrainConfig(model="overlock_s", drop_path=0.4, **_PAPER),
+    "overlock_b": TrainConfig(model="overlock_b", drop_path=0.5, **_PAPER),
+    # the main job: a small OverLoCK on real Fashion-MNIST, sized for 10 minutes on a 2-core CPU
+    "fashion_mnist": TrainConfig(
+        model="test_overlock",
+        model_kwargs=dict(kernel_sizes=(5, 5, 5, 5), sub_depths=(1, 1)),
+        dataset="fashion_mnist",
+        img_size=32,
+        epochs=2,
+        batch_size=256,
+        lr=4e-3,
+        min_lr=1e-5,
+        warmup_epochs=0.05,
+        weight_decay=0.05,
+        clip_grad=5.0,
+        drop_path=0.0,
+        ema_decay=0.0,
+        auto_augment=None,
+        mixup=0.0,
+        cutmix=0.0,
+        label_smoothing=0.1,
+        reprob=0.0,
+        workers=1,
+        channels_last=True,
+        output="runs/fashion_mnist",
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    """The preset ``name`` (a variant name or 'fashion_mnist')."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])

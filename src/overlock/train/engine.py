@@ -1,0 +1,367 @@
+"""The training loop: timm's data, optimizer, scheduler, EMA and losses; PyTorch DDP for several processes.
+
+Everything random is a function of (seed, epoch, step) or (seed, epoch, sample index), so a run that is
+killed and resumed from its last checkpoint continues exactly as if it had not been interrupted.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from timm.data import Mixup, create_transform, resolve_data_config
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import overlock  # noqa: F401  (registers the models)
+
+from ..data import FashionMNIST, FashionMNISTTransform, ImageFolderDataset, collate_skipping_corrupt
+from ..data.seeded import SeededDataset, mix_seed
+from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic
+from .config import TrainConfig
+from .distributed import all_reduce_sum, init_distributed
+from .evaluate import evaluate
+from .loss import overlock_loss
+from .sampler import EpochSampler
+
+_logger = logging.getLogger(__name__)
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: training stops instead of going on with broken weights."""
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int = 3) -> nn.Module:
+    """The model to train, from a checkpoint file when ``cfg.pretrained`` is set (heads re-initialised
+    when the number of classes differs)."""
+    kwargs: dict[str, Any] = dict(cfg.model_kwargs, num_classes=num_classes, in_chans=in_chans)
+    if cfg.drop_path:
+        kwargs["drop_path_rate"] = cfg.drop_path
+    if cfg.pretrained:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=cfg.pretrained))
+    if cfg.model not in timm.list_models():
+        raise ValueError(f"unknown model {cfg.model!r}")
+    return timm.create_model(cfg.model, **kwargs)
+
+
+def build_datasets(cfg: TrainConfig, model: nn.Module | None = None) -> tuple[Dataset, Dataset, list[str], int]:
+    """Train and validation datasets, class names, and input channels."""
+    if cfg.dataset == "fashion_mnist":
+        train = FashionMNIST("train", cfg.data_dir, FashionMNISTTransform(cfg.img_size, train=True))
+        val = FashionMNIST("test", cfg.data_dir, FashionMNISTTransform(cfg.img_size, train=False))
+        return train, val, list(train.classes), 1
+    if cfg.dataset != "folder":
+        raise ValueError(f"dataset must be 'folder' or 'fashion_mnist', got {cfg.dataset!r}")
+    if not cfg.data_dir:
+        raise ValueError("--data-dir is required for an image-folder dataset (ROOT/train/CLASS, ROOT/val/CLASS)")
+    root = Path(cfg.data_dir)
+    data_cfg = resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)}, model=model)
+    train_tf = create_transform(
+        (3, cfg.img_size, cfg.img_size),
+        is_training=True,
+        auto_augment=cfg.auto_augment,
+        re_prob=cfg.reprob,
+        interpolation=data_cfg["interpolation"],
+        mean=data_cfg["mean"],
+        std=data_cfg["std"],
+    )
+    val_tf = create_transform(**data_cfg)
+    train = ImageFolderDataset(root / "train", train_tf)
+    val = ImageFolderDataset(root / "val", val_tf, classes=train.classes)
+    return train, val, list(train.classes), 3
+
+
+def build_criterion(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Mixup | None]:
+    """The training criterion, and Mixup/CutMix when enabled (which then carries the label smoothing)."""
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+            num_classes=num_classes,
+        )
+        return SoftTargetCrossEntropy(), mixup
+    if cfg.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(cfg.label_smoothing), None
+    return nn.CrossEntropyLoss(), None
+
+
+def learning_rate(cfg: TrainConfig, world_size: int) -> float:
+    """``cfg.lr``, or the paper's rule: ``base_lr`` per 1024 images of the global batch."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return cfg.base_lr * cfg.batch_size * cfg.accum_steps * world_size / 1024
+
+
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write into a run folder that has results unless resuming it or told to overwrite."""
+    if resume:
+        return
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("last.pth", "best.pth", "ema.pth", "metrics.csv", "steps.csv", "summary.json", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _seed_step(seed: int, epoch: int, step: int) -> None:
+    """Seed every RNG the step uses (dropout, drop path, Mixup) from (seed, epoch, step)."""
+    value = mix_seed(seed, epoch, step)
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
+class _CsvLog:
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = path, fields
+        if not path.exists():
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerow(fields)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: the CSV logs remain
+        _logger.warning("tensorboard is not installed; writing CSV logs only")
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the training described by ``cfg``; returns the summary written to summary.json."""
+    info = init_distributed()
+    out = Path(cfg.output)
+    state = None
+    if resume:
+        state = load_training_checkpoint(out / "last.pth")
+        cfg = TrainConfig(**state["config"])
+    elif info.is_main:
+        prepare_output(out, resume, overwrite)
+    torch.manual_seed(cfg.seed)
+
+    train_set, val_set, classes, in_chans = build_datasets(cfg)
+    num_classes = cfg.num_classes or len(classes)
+    model = build_model(cfg, num_classes, in_chans)
+    if cfg.dataset == "folder":  # the eval transform follows the model's crop_pct and interpolation
+        train_set, val_set, classes, in_chans = build_datasets(cfg, model)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(cfg.grad_checkpointing)
+    if cfg.sync_bn and info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(info.device, memory_format=memory_format)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    seeded = SeededDataset(train_set, cfg.seed)
+    sampler = EpochSampler(len(seeded), shuffle=True, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+    loader_kwargs = dict(num_workers=cfg.workers, collate_fn=collate_skipping_corrupt, pin_memory=False)
+    train_loader = DataLoader(seeded, cfg.batch_size, sampler=sampler, drop_last=True, **loader_kwargs)
+    val_sampler = EpochSampler(len(val_set), shuffle=False, rank=info.rank, world_size=info.world_size, even=False)
+    val_loader = DataLoader(val_set, cfg.batch_size * 2, sampler=val_sampler, **loader_kwargs)
+    micro_per_epoch = len(train_loader) // cfg.accum_steps * cfg.accum_steps
+    steps_per_epoch = micro_per_epoch // cfg.accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(train_set)} training images give no full step of {cfg.batch_size} x {cfg.accum_steps} "
+            f"x {info.world_size} processes: lower --batch-size or --accum-steps"
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+
+    criterion, mixup = build_criterion(cfg, num_classes)
+    lr = learning_rate(cfg, info.world_size)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=total_steps,
+        lr_min=cfg.min_lr,
+        warmup_lr_init=cfg.warmup_lr,
+        warmup_t=int(cfg.warmup_epochs * steps_per_epoch),
+        t_in_epochs=False,
+    )
+    amp_dtype = AMP_DTYPES[cfg.amp]
+    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
+    train_model = DistributedDataParallel(model) if info.enabled else model
+
+    epoch, step, micro_in_epoch, best_top1 = 0, 0, 0, -1.0
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None:
+                ema.module.load_state_dict(state["ema"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{out / 'last.pth'} does not match this run's model or optimizer: {exc}") from exc
+        epoch, step, micro_in_epoch = state["epoch"], state["step"], state["micro_in_epoch"]
+        best_top1 = state["best_top1"]
+        torch.set_rng_state(state["rng"]["torch"])
+        _logger.info("resumed %s at epoch %d, step %d", out, epoch, step)
+
+    metrics_log = _CsvLog(out / "metrics.csv", ["epoch", "step", "lr", "train_loss", "val_loss", "val_top1",
+                                                "val_top5", "ema_top1", "skipped_images", "seconds"])
+    steps_log = _CsvLog(out / "steps.csv", ["step", "epoch", "lr", "loss"])
+    writer = _tensorboard(out) if info.is_main else None
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
+            "epoch": epoch, "step": step, "micro_in_epoch": micro_in_epoch, "best_top1": best_top1,
+            "config": asdict(cfg), "classes": classes,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    start = time.time()
+    last_eval: dict[str, float] = {}
+    while epoch < cfg.epochs and not (cfg.max_steps and step >= cfg.max_steps):
+        seeded.set_epoch(epoch)
+        sampler.set_epoch(epoch, skip=micro_in_epoch * cfg.batch_size)
+        train_model.train()
+        if cfg.bn_eval:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss sum, images, skipped
+        bar = tqdm(total=micro_per_epoch, initial=micro_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not info.is_main, leave=False)
+        for images, targets, skipped in train_loader:
+            if micro_in_epoch >= micro_per_epoch or (cfg.max_steps and step >= cfg.max_steps):
+                break
+            _seed_step(cfg.seed, epoch, micro_in_epoch)
+            sums[2] += skipped
+            images, targets = images.to(info.device, memory_format=memory_format), targets.to(info.device)
+            if mixup is not None:  # Mixup pairs images: an odd batch (corrupt files skipped) loses one
+                even = len(images) // 2 * 2
+                images, targets = mixup(images[:even], targets[:even])
+            boundary = (micro_in_epoch + 1) % cfg.accum_steps == 0
+            sync = nullcontext() if boundary or not info.enabled else train_model.no_sync()
+            with sync:
+                with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss, _ = overlock_loss(train_model(images), targets, criterion, cfg.aux_weight)
+                finite = all_reduce_sum(torch.isfinite(loss).float().to(info.device), info)
+                if finite.item() < info.world_size:
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step}: stopping. Lower the "
+                        f"learning rate, keep gradient clipping on, or use bf16 instead of fp16; resume from "
+                        f"{out / 'last.pth'} after changing the run"
+                    )
+                scaler.scale(loss / cfg.accum_steps).backward()
+            sums[0] += loss.detach().double() * len(images)
+            sums[1] += len(images)
+            micro_in_epoch += 1
+            bar.update(1)
+            if not boundary:
+                continue
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            scheduler.step_update(step)
+            if ema is not None:
+                ema.update(model, step=step)
+            current_lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{current_lr:.2e}")
+            if info.is_main and step % 10 == 0:
+                steps_log.write({"step": step, "epoch": epoch, "lr": current_lr, "loss": loss.item()})
+                if writer:
+                    writer.add_scalar("train/loss", loss.item(), step)
+                    writer.add_scalar("train/lr", current_lr, step)
+            if cfg.save_every and step % cfg.save_every == 0 and info.is_main:
+                save_atomic(snapshot(), out / "last.pth")
+        bar.close()
+        if micro_in_epoch < micro_per_epoch:  # stopped by max_steps inside the epoch
+            if info.is_main:
+                save_atomic(snapshot(), out / "last.pth")
+            break
+
+        sums = all_reduce_sum(sums, info)
+        last_eval = evaluate(model, val_loader, info, amp_dtype)
+        ema_eval = evaluate(ema.module, val_loader, info, amp_dtype) if ema is not None else None
+        epoch, micro_in_epoch = epoch + 1, 0
+        improved = last_eval["top1"] > best_top1
+        best_top1 = max(best_top1, last_eval["top1"])
+        row = {
+            "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": sums[0].item() / max(sums[1].item(), 1), "val_loss": last_eval["loss"],
+            "val_top1": last_eval["top1"], "val_top5": last_eval["top5"],
+            "ema_top1": ema_eval["top1"] if ema_eval else "", "skipped_images": int(sums[2].item()),
+            "seconds": round(time.time() - start, 1),
+        }
+        if info.is_main:
+            metrics_log.write(row)
+            _logger.info("epoch %d: val top-1 %.2f%% top-5 %.2f%% loss %.4f", epoch, last_eval["top1"],
+                         last_eval["top5"], last_eval["loss"])
+            if writer:
+                for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
+                    writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+            save_atomic(snapshot(), out / "last.pth")
+            if improved:
+                save_atomic({"model": model.state_dict(), "epoch": epoch, "top1": best_top1, "classes": classes,
+                             "config": asdict(cfg)}, out / "best.pth")
+            if ema is not None:
+                save_atomic({"model": ema.module.state_dict(), "epoch": epoch, "top1": ema_eval["top1"],
+                             "classes": classes, "config": asdict(cfg)}, out / "ema.pth")
+
+    summary = {
+        "model": cfg.model, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "epochs": epoch, "steps": step, "train_seconds": round(time.time() - start, 1),
+        "final": last_eval, "best_top1": best_top1, "processes": info.world_size, "lr": lr,
+        "config": asdict(cfg),
+    }
+    if info.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if writer:
+            writer.close()
+        plot_curves(out)
+    return summary
+
+
+def plot_curves(out: Path) -> None:
+    """Training loss per step and validation top-1 per epoch, from the run's CSV logs, as curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def read(name: str) -> list[dict[str, str]]:
+        path = out / name
+        return list(csv.DictReader(path.open())) if path.exists() else []
+
+    steps, epochs = read("steps.csv"), read("metrics.csv")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1)
+    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    ax_acc.plot([int(r["step"]) for r in epochs], [float(r["val_top1"]) for r in epochs], "o-", label="top-1")
+    ax_acc.plot([int(r["step"]) for r in epochs], [float(r["val_top5"]) for r in epochs], "s--", label="top-5")
+    ax_acc.set(xlabel="step", ylabel="validation accuracy (%)", title="accuracy")
+    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)

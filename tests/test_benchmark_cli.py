@@ -1,0 +1,43 @@
+"""``overlock benchmark``: measurements side by side, table, JSON and plot."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from overlock.benchmark import BenchConfig, BenchResult, benchmark, format_table, top1_of
+from overlock.cli.main import main
+
+
+def test_benchmark_two_models_in_one_run(tmp_path, capsys):
+    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    argv = ["benchmark", "test_overlock", "test_convnext", "--batch-size", "2", "--img-size", "64", "--iters", "2",
+            "--warmup", "1", "--json", str(out_json), "--plot", str(out_png)]
+    assert main(argv) == 0
+    rows = json.loads(out_json.read_text())
+    assert [r["model"] for r in rows] == ["test_overlock", "test_convnext"]
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["latency_ms"] > 0 and r["peak_mem_mb"] > 0 and r["params_m"] > 0
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+    table = capsys.readouterr().out
+    assert "test_overlock" in table and "ratio" in table
+
+
+def test_train_mode_step():
+    (result,) = benchmark(["test_overlock"], BenchConfig(batch_size=2, img_size=64, mode="train", iters=1, warmup=1))
+    assert result.images_per_s > 0 and result.settings["mode"] == "train"
+
+
+def test_ratio_column_and_published_accuracy():
+    rows = [BenchResult("overlock_xt", 16.5, 2.7, 10.0, 800.0, 500.0, 82.7),
+            BenchResult("convnext_tiny", 28.6, 4.5, 20.0, 400.0, 600.0, 82.1)]
+    lines = format_table(rows).splitlines()
+    assert " 1.00 " in lines[2] and " 2.00 " in lines[3]
+    assert top1_of("overlock_t_reparam") == 84.2 and top1_of("convnext_small") == 83.1 and top1_of("resnet50") is None
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="unknown model"):
+        benchmark(["overlock_xxl"], BenchConfig())
+    with pytest.raises(ValueError, match="mode must be"):
+        benchmark(["test_overlock"], BenchConfig(mode="fast"))
