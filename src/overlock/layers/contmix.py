@@ -136,6 +136,8 @@ class ContMixMixer(nn.Module):
         out_small = contmix_apply(small, v_small, self.smk_size, self.rpb1)
         out_large = contmix_apply(large, v_large, self.kernel_size, self.rpb2)
         out = torch.cat([out_small, out_large], dim=1)  # (B, 2G, H, W, C)
+        if value.is_contiguous(memory_format=torch.channels_last):  # stay NHWC: no layout shuffle downstream
+            return out.permute(0, 2, 3, 1, 4).reshape(batch, height, width, dim).permute(0, 3, 1, 2)
         return out.permute(0, 1, 4, 2, 3).reshape(batch, dim, height, width)
 
 

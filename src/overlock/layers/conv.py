@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
+
+from ..ops.depthwise import depthwise_conv2d
 
 # large kernel -> (branch kernel sizes, branch dilations), the UniRepLKNet defaults used by OverLoCK
 DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -19,13 +22,34 @@ DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 class ResDWConv(nn.Conv2d):
-    """Depthwise conv with a residual connection: x + dwconv(x)."""
+    """Depthwise conv with a residual connection: x + dwconv(x).
+
+    The identity is folded into the kernel's centre tap, so the sum costs no extra pass over the map.
+    """
 
     def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim)
+        identity = torch.zeros_like(self.weight)
+        identity[:, :, kernel_size // 2, kernel_size // 2] = 1
+        self.register_buffer("identity", identity, persistent=False)  # not in the state dict
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + super().forward(x)
+        return F.conv2d(x, self.weight + self.identity, self.bias, padding=self.padding, groups=self.groups)
+
+
+@register_notrace_module  # device-dependent backward choice: a leaf for torch.fx
+class DepthwiseConv2d(nn.Conv2d):
+    """Stride-1 'same' depthwise conv whose CPU weight gradient is fast for large kernels
+    (see ``overlock.ops.depthwise``); parameters as ``nn.Conv2d``."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = False):
+        padding = (dilation * (kernel_size - 1) + 1) // 2
+        super().__init__(
+            channels, channels, kernel_size, padding=padding, dilation=dilation, groups=channels, bias=bias
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return depthwise_conv2d(x, self.weight, self.bias, self.padding[0], self.dilation[0])
 
 
 def fuse_conv_bn(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -59,17 +83,12 @@ class DilatedRepConv(nn.Module):
                 f"Dilated RepConv supports kernel sizes {sorted(DILATED_BRANCHES)}, got {kernel_size}"
             )
         self.kernel_size = kernel_size
-        self.lk_origin = nn.Conv2d(
-            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=deploy
-        )
+        self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy)
         self.branches = tuple(zip(*DILATED_BRANCHES[kernel_size]))
         if not deploy:
             self.origin_bn = nn.BatchNorm2d(channels)
             for k, r in self.branches:
-                conv = nn.Conv2d(
-                    channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r, groups=channels, bias=False
-                )
-                self.add_module(f"dil_conv_k{k}_{r}", conv)
+                self.add_module(f"dil_conv_k{k}_{r}", DepthwiseConv2d(channels, k, dilation=r))
                 self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels))
 
     @property
@@ -101,9 +120,7 @@ class DilatedRepConv(nn.Module):
             delattr(self, f"dil_conv_k{k}_{r}")
             delattr(self, f"dil_bn_k{k}_{r}")
         channels = weight.shape[0]
-        merged = nn.Conv2d(
-            channels, channels, self.kernel_size, padding=self.kernel_size // 2, groups=channels, bias=True
-        ).to(weight.device, weight.dtype)
+        merged = DepthwiseConv2d(channels, self.kernel_size, bias=True).to(weight.device, weight.dtype)
         merged.weight.copy_(weight)
         merged.bias.copy_(bias)
         self.lk_origin = merged

@@ -29,4 +29,4 @@ class GRN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         spatial_norm = torch.linalg.vector_norm(x, ord=2, dim=(-1, -2), keepdim=True)
         relative = spatial_norm / (spatial_norm.mean(dim=1, keepdim=True) + 1e-6)
-        return (self.gamma * relative + 1) * x + self.beta
+        return torch.addcmul(self.beta, x, self.gamma * relative + 1)
