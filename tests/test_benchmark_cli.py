@@ -33,7 +33,7 @@ def test_ratio_column_and_published_accuracy():
             BenchResult("convnext_tiny", 28.6, 4.5, 20.0, 400.0, 600.0, 82.1)]
     lines = format_table(rows).splitlines()
     assert " 1.00 " in lines[2] and " 2.00 " in lines[3]
-    assert top1_of("overlock_t_reparam") == 84.2 and top1_of("convnext_small") == 83.1 and top1_of("resnet50") is None
+    assert top1_of("overlock_t_reparam") == 84.2 and top1_of("convnext_small") == 83.1 and top1_of("vit_small_patch16_224") is None
 
 
 def test_bad_settings():

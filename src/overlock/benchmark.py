@@ -5,6 +5,8 @@ is its own: CUDA's allocator statistics on a GPU, the child's peak resident set 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing as mp
 import statistics
 import time
@@ -17,9 +19,15 @@ import torch
 import overlock  # noqa: F401  (registers the models)
 
 from .analysis import PAPER_FIGURES, count_macs, count_params
+from .official import PREFIX as OFFICIAL_PREFIX
+from .official import load_official_model
 
-# ImageNet-1k top-1 (%) at 224 px of peers trained on ImageNet-1k alone: ConvNeXt paper (Liu et al. 2022), Table 1
-PEER_TOP1: dict[str, float] = {"convnext_tiny": 82.1, "convnext_small": 83.1, "convnext_base": 83.8}
+# ImageNet-1k top-1 (%) at 224 px of peers trained on ImageNet-1k alone, from timm's published results
+# (results-imagenet.csv: convnext_*.fb_in1k, convnext_nano.d1h_in1k, convnext_pico.d1_in1k, resnet*.a1_in1k)
+PEER_TOP1: dict[str, float] = {
+    "convnext_pico": 79.5, "convnext_nano": 80.8, "convnext_tiny": 82.1, "convnext_small": 83.1,
+    "convnext_base": 83.8, "resnet18": 71.5, "resnet50": 80.4,
+}
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,6 +47,8 @@ class BenchConfig:
     warmup: int = 2
     iters: int = 6
     threads: int | None = None
+    official_repo: str | None = None  # a clone of LMMMEng/OverLoCK, for 'official:<name>' models
+    official_av: str = "unfold"  # what computes na2d_av in the official model: natten, unfold or overlock
 
 
 @dataclass
@@ -55,22 +65,41 @@ class BenchResult:
 
 def top1_of(name: str) -> float | None:
     """The published ImageNet-1k top-1 of ``name`` (paper figures for OverLoCK, ConvNeXt paper for peers)."""
-    base = name.removesuffix("_reparam")
+    base = name.removeprefix(OFFICIAL_PREFIX).removesuffix("_reparam")
     if base in PAPER_FIGURES:
         return PAPER_FIGURES[base]["top1"]
     return PEER_TOP1.get(name)
+
+
+def _build(name: str, cfg: BenchConfig) -> torch.nn.Module:
+    """The model to measure: a timm model, or the official implementation for 'official:<name>'."""
+    if name.startswith(OFFICIAL_PREFIX):
+        model = load_official_model(cfg.official_repo, name, cfg.official_av)
+        if cfg.mode == "infer" and cfg.reparam:
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints while merging
+                model.reparam()  # the official deploy conversion
+        return model
+    kwargs = {"with_aux_head": False} if name.startswith("overlock") and cfg.mode == "infer" else {}
+    model = timm.create_model(name, **kwargs)
+    if cfg.mode == "infer" and cfg.reparam:
+        timm.utils.reparameterize_model(model, inplace=True)
+    return model
+
+
+def _logits(out: Any) -> torch.Tensor:
+    """Main logits from any model's train-mode output (tensor, tuple or the official dict)."""
+    if isinstance(out, dict):
+        return out["main"]
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _measure(name: str, cfg: BenchConfig) -> BenchResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    kwargs = {"with_aux_head": False} if name.startswith("overlock") and cfg.mode == "infer" else {}
-    model = timm.create_model(name, **kwargs)
+    model = _build(name, cfg)
     if cfg.mode == "infer":
         model.eval()
-        if cfg.reparam:
-            timm.utils.reparameterize_model(model, inplace=True)
     params = count_params(model)
     macs = count_macs(model, (3, cfg.img_size, cfg.img_size))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -87,9 +116,7 @@ def _measure(name: str, cfg: BenchConfig) -> BenchResult:
                 run(x)
             return
         with autocast:
-            out = run(x)
-            logits = out[0] if isinstance(out, tuple) else out
-            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+            loss = torch.nn.functional.cross_entropy(_logits(run(x)).float(), target)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -126,9 +153,11 @@ def _child(name: str, cfg: BenchConfig, queue: mp.Queue) -> None:
 
 def benchmark(models: list[str], cfg: BenchConfig) -> list[BenchResult]:
     """Measure ``models`` one after the other, each in its own child process, with the same settings."""
-    unknown = [m for m in models if m not in timm.list_models()]
+    unknown = [m for m in models if not m.startswith(OFFICIAL_PREFIX) and m not in timm.list_models()]
     if unknown:
         raise ValueError(f"unknown model(s): {', '.join(unknown)}")
+    if any(m.startswith(OFFICIAL_PREFIX) for m in models) and not cfg.official_repo:
+        raise ValueError("'official:' models need official_repo (--official-repo): a clone of LMMMEng/OverLoCK")
     if cfg.mode not in ("infer", "train"):
         raise ValueError(f"mode must be 'infer' or 'train', got {cfg.mode!r}")
     if cfg.dtype not in DTYPES:

@@ -11,7 +11,10 @@ DEFAULT_MODELS = ["overlock_xt", "convnext_nano", "overlock_t", "convnext_tiny"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs="*", default=DEFAULT_MODELS, help="timm model names (first = ratio base)")
+    parser.add_argument(
+        "models", nargs="*", default=DEFAULT_MODELS,
+        help="timm model names, or official:<name> with --official-repo (first = ratio base)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -23,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=6, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--official-repo", metavar="DIR", help="your clone of LMMMEng/OverLoCK, for official:<name>")
+    parser.add_argument(
+        "--official-av", choices=["natten", "unfold", "overlock"], default="unfold",
+        help="na2d_av in the official model: real NATTEN, the official no-NATTEN fallback's unfold approach, or our op",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="write a speed-accuracy plot")
 
@@ -38,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, img_size=args.img_size, device=args.device, dtype=args.dtype,
         channels_last=args.channels_last, compile=args.compile, mode=args.mode, reparam=not args.no_reparam,
         warmup=args.warmup, iters=args.iters, threads=args.threads,
+        official_repo=args.official_repo, official_av=args.official_av,
     )
     results = benchmark(args.models, cfg)
     print(format_table(results))
