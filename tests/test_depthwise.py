@@ -12,7 +12,7 @@ from overlock.ops.depthwise import depthwise_conv2d, depthwise_weight_grad
 
 @pytest.mark.parametrize(
     "batch, channels, height, width, kernel, dilation",
-    [(2, 4, 20, 17, 7, 1), (1, 3, 16, 16, 13, 1), (3, 2, 19, 24, 17, 1), (2, 5, 23, 21, 7, 2), (1, 2, 30, 28, 9, 3)],
+    [(2, 4, 20, 17, 7, 1), (1, 3, 16, 16, 15, 1), (3, 2, 19, 24, 17, 1), (2, 5, 23, 21, 7, 2), (1, 2, 30, 28, 9, 2), (1, 3, 25, 22, 3, 7)],
     ids=str,
 )
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -35,9 +35,13 @@ def test_gradients_match_conv2d(batch, channels, height, width, kernel, dilation
 
 
 def test_weight_grad_gradcheck_float64():
-    x = torch.randn(2, 3, 11, 9, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(3, 1, 7, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w: depthwise_conv2d(x, w, None, 3), (x, w))
+    x = torch.randn(2, 3, 17, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 15, 15, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: depthwise_conv2d(x, w, None, 7), (x, w), fast_mode=True)
+    w_dilated = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w: depthwise_conv2d(x, w, None, 6, dilation=6), (x, w_dilated), fast_mode=True
+    )
 
 
 def test_weight_grad_formula_on_a_known_case():

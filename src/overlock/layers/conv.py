@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
-from ..ops.depthwise import depthwise_conv2d
+from ..ops.depthwise import depthwise_conv2d, dilated_to_dense
 
 # large kernel -> (branch kernel sizes, branch dilations), the UniRepLKNet defaults used by OverLoCK
 DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -57,16 +57,6 @@ def fuse_conv_bn(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tup
     scale = bn.weight / (bn.running_var + bn.eps).sqrt()
     conv_bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
     return weight * scale.reshape(-1, 1, 1, 1), bn.bias + (conv_bias - bn.running_mean) * scale
-
-
-def dilated_to_dense(kernel: Tensor, dilation: int) -> Tensor:
-    """A depthwise (C, 1, k, k) kernel with dilation r as the equivalent dense (r(k-1)+1)^2 kernel."""
-    if dilation == 1:
-        return kernel
-    size = dilation * (kernel.shape[-1] - 1) + 1
-    dense = kernel.new_zeros(*kernel.shape[:2], size, size)
-    dense[..., ::dilation, ::dilation] = kernel
-    return dense
 
 
 class DilatedRepConv(nn.Module):
