@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import contmix_apply
 from .conv import DilatedRepConv, ResDWConv
+from .fused import FoldingSequential
 from .norm import GRN, LayerNorm2d
 from .scale import LayerScale
 from .se import SEModule
@@ -75,8 +76,8 @@ class ContMixMixer(nn.Module):
         if dim % (2 * self.num_groups) != 0:
             raise ValueError(f"dim {dim} must be divisible by 2 * num_groups = {2 * self.num_groups}")
         self.scale = (dim // self.num_groups) ** -0.5
-        self.weight_query = nn.Sequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
-        self.weight_key = nn.Sequential(
+        self.weight_query = FoldingSequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+        self.weight_key = FoldingSequential(
             nn.AdaptiveAvgPool2d(REGION_GRID),
             nn.Conv2d(key_dim, dim // 2, 1, bias=False),
             nn.BatchNorm2d(dim // 2),
@@ -99,10 +100,10 @@ class ContMixMixer(nn.Module):
     ) -> None:
         """The parts after the dynamic convolution: large-kernel positional term, SE, gate, output
         projection to ``out_dim``, residuals and the ConvFFN."""
-        self.lepe = nn.Sequential(DilatedRepConv(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
+        self.lepe = FoldingSequential(DilatedRepConv(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
         self.se_layer = SEModule(dim)
-        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
-        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
+        self.gate = FoldingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.proj = FoldingSequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
         self.dwconv2 = ResDWConv(out_dim, 3)
         self.norm2 = norm_layer(out_dim)
         self.mlp = conv_ffn(out_dim, int(dim * mlp_ratio), out_dim)
@@ -181,8 +182,8 @@ class ContMixBlock(ContMixMixer):
         self._init_mixer(dim, dim, kernel_size, smk_size, num_heads)
         nn.init.trunc_normal_(self.rpb1, std=0.02)
         nn.init.trunc_normal_(self.rpb2, std=0.02)
-        self.weight_value = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
-        self.fusion_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.weight_value = FoldingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.fusion_proj = FoldingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
         self._init_output(dim, dim, kernel_size, mlp_ratio, ls_init_value, res_scale, drop_path, norm_layer, deploy)
 
     def forward(self, x: Tensor) -> Tensor:
