@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import contmix_apply
+from .ops import select_backend
+from .ops.custom_op import neighbourhood_av
 
 PREFIX = "official:"
 
@@ -36,8 +37,8 @@ def unfold_na2d_av(attn: Tensor, value: Tensor, kernel_size: int) -> Tensor:
 
 
 def overlock_na2d_av(attn: Tensor, value: Tensor, kernel_size: int) -> Tensor:
-    """Our ContMix op as the stand-in (``attn`` is already softmaxed: logits = log attn)."""
-    return contmix_apply(attn.clamp_min(torch.finfo(attn.dtype).tiny).log(), value, kernel_size)
+    """Our neighbourhood weighted sum (the op under ``contmix_apply``), on the softmaxed weights."""
+    return neighbourhood_av(attn, value, kernel_size, select_backend(value))
 
 
 STAND_INS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {

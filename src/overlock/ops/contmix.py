@@ -1,50 +1,26 @@
-"""Public entry point of the ContMix kernel application, with backend selection.
+"""Public entry point of the ContMix kernel application.
 
-``contmix_apply`` is the only function callers need. Backends are chosen by capability
-(device, dtype, what is installed) unless overridden by the ``backend`` argument or the
-``OVERLOCK_CONTMIX_BACKEND`` environment variable.
+``contmix_apply`` is the only function callers need: relative position bias and softmax in plain
+PyTorch, then the neighbourhood weighted sum as the custom op ``overlock::neighbourhood_av`` run by the
+backend ``select_backend`` resolves (by capability, or the ``backend`` argument, or the
+``OVERLOCK_CONTMIX_BACKEND`` environment variable).
+
+Dtypes: the weighted sum runs in the promoted dtype of logits and value (the CPU backend computes
+half precision in float32), the softmax of half-precision logits in float32, and the output has the
+dtype of ``value``. Under autocast the custom op keeps the dtypes it is given.
 """
 from __future__ import annotations
 
-import os
-from typing import Callable
-
+import torch
 from torch import Tensor
 
-from .reference import contmix_reference
+from .backends import ENV_VAR, available_backends, select_backend
+from .custom_op import neighbourhood_av
+from .reference import relative_position_bias_grid
 
-ENV_VAR = "OVERLOCK_CONTMIX_BACKEND"
+__all__ = ["ENV_VAR", "available_backends", "contmix_apply", "select_backend"]
 
-BackendFn = Callable[[Tensor, Tensor, int, "Tensor | None"], Tensor]
-
-# name -> (implementation, capability check on the value tensor)
-_BACKENDS: dict[str, tuple[BackendFn, Callable[[Tensor], bool]]] = {
-    "reference": (contmix_reference, lambda value: True),
-}
-# preference order for automatic selection, fastest first
-_AUTO_ORDER: tuple[str, ...] = ("reference",)
-
-
-def available_backends() -> list[str]:
-    """Names of all backends compiled into this installation."""
-    return list(_BACKENDS)
-
-
-def select_backend(value: Tensor, backend: str | None = None) -> str:
-    """Resolve ``backend`` (or the environment override, or 'auto') to a usable backend name."""
-    name = backend or os.environ.get(ENV_VAR) or "auto"
-    if name == "auto":
-        for candidate in _AUTO_ORDER:
-            if _BACKENDS[candidate][1](value):
-                return candidate
-        return "reference"
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown ContMix backend {name!r}; available: {', '.join(['auto', *_BACKENDS])}")
-    if not _BACKENDS[name][1](value):
-        raise RuntimeError(
-            f"ContMix backend {name!r} cannot run on a {value.dtype} tensor on {value.device.type}"
-        )
-    return name
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _check_shapes(logits: Tensor, value: Tensor, kernel_size: int, rpb: Tensor | None) -> None:
@@ -85,12 +61,19 @@ def contmix_apply(
         value: (B, G, H, W, C) features, G groups of C channels.
         kernel_size: odd K, at most min(H, W).
         rpb: optional (G, 2K-1, 2K-1) relative position bias added to the logits.
-        backend: 'auto', 'reference', or another name from ``available_backends()``;
+        backend: 'auto' or a name from ``available_backends()`` ('reference', 'cpu', 'triton');
             defaults to the ``OVERLOCK_CONTMIX_BACKEND`` environment variable, then 'auto'.
 
     Returns:
-        (B, G, H, W, C): ``sum_n softmax(logits + bias)[.., n] * value[neighbour n]``.
+        (B, G, H, W, C): ``sum_n softmax(logits + bias)[.., n] * value[neighbour n]``, in the dtype of
+        ``value`` and its channel layout (planar for NCHW-derived views, else channels-last).
     """
     _check_shapes(logits, value, kernel_size, rpb)
-    impl = _BACKENDS[select_backend(value, backend)][0]
-    return impl(logits, value, kernel_size, rpb)
+    name = select_backend(value, backend)
+    if rpb is not None:
+        bias = relative_position_bias_grid(rpb, value.shape[2], value.shape[3], kernel_size).to(logits.dtype)
+        logits = (logits.unflatten(-1, (kernel_size, kernel_size)) + bias).flatten(-2)
+    dtype = torch.promote_types(logits.dtype, value.dtype)
+    attn = torch.softmax(logits, dim=-1, dtype=torch.float32 if logits.dtype in _HALF else logits.dtype)
+    out = neighbourhood_av(attn.to(dtype), value.to(dtype), kernel_size, name)
+    return out.to(value.dtype)
