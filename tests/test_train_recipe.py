@@ -108,3 +108,7 @@ def test_command_line_overrides_the_preset():
     assert config_from_args(parser.parse_args(["--data-dir", "x"])).drop_path == preset("overlock_xt").drop_path
     with pytest.raises(SystemExit):
         parser.parse_args(["--amp", "fp8"])
+    peer = config_from_args(parser.parse_args(["--model", "test_resnet"]))  # a timm peer on the main job
+    assert peer.dataset == "fashion_mnist" and peer.model_kwargs == {}
+    kwargs = config_from_args(parser.parse_args(["--model", "test_resnet", "--model-kwargs", '{"a": 1}']))
+    assert kwargs.model_kwargs == {"a": 1}

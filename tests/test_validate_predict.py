@@ -37,7 +37,8 @@ def test_evaluate_restricted_to_a_class_subset():
     result = evaluate(nn.Identity(), loader, DistInfo(), class_subset=[2, 3, 1])  # class 0 dominates outside
     # restricted logits: row 0 -> [5, 2, 1] predicts 0 (right); row 1 -> [1, 2, 3] predicts 2 (target 1: wrong)
     assert result["top1"] == 50.0
-    expected_loss = (torch.logsumexp(torch.tensor([5.0, 2, 1]), 0) - 5 + torch.logsumexp(torch.tensor([1.0, 2, 3]), 0) - 2) / 2
+    lse = torch.logsumexp
+    expected_loss = (lse(torch.tensor([5.0, 2, 1]), 0) - 5 + lse(torch.tensor([1.0, 2, 3]), 0) - 2) / 2
     assert math.isclose(result["loss"], expected_loss.item(), rel_tol=1e-6)
 
 
@@ -80,3 +81,24 @@ def test_predict_names_imagenet_classes(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all("%" in line for line in lines[1:])
     assert any(c.isalpha() for c in lines[1].split("  ")[-1])
+
+
+def test_set_folders_map_to_the_model_outputs_by_name(tmp_path):
+    """A set with class folders missing still scores each folder against its own output."""
+    from timm.data import ImageNetInfo
+
+    from overlock.cli.validate import folder_classes
+
+    wnids = list(ImageNetInfo().label_names())
+    for name in (wnids[0], wnids[999]):
+        (tmp_path / "in" / name).mkdir(parents=True)
+    classes = folder_classes(str(tmp_path / "in"), None, wnids)
+    assert classes.index(wnids[999]) == 999
+    for name in ("3", "999"):
+        (tmp_path / "v2" / name).mkdir(parents=True)
+    assert folder_classes(str(tmp_path / "v2"), None, wnids)[999] == "999"
+    subset = subset_indices("imagenet-r")
+    r_classes = folder_classes(str(tmp_path / "in"), subset, wnids)
+    assert [wnids.index(c) for c in r_classes] == subset  # position i of the 200 <-> output subset[i]
+    (tmp_path / "other" / "cat").mkdir(parents=True)
+    assert folder_classes(str(tmp_path / "other"), None, wnids) is None  # unknown names: sorted folders

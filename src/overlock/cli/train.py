@@ -78,14 +78,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             name = "overlock_xt"
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     changes = {k: v for k, v in given.items() if k in fields}  # 'none' given on the command line stays None
-    return preset(name).updated(**changes)
+    base = preset(name)
+    if changes.get("model", base.model) != base.model:  # the preset's model arguments belong to its model
+        changes.setdefault("model_kwargs", {})
+    return base.updated(**changes)
 
 
 def run(args: argparse.Namespace) -> int:
-    from overlock.train.engine import train
+    from overlock.train import CheckpointError, NonFiniteLossError
+    from overlock.train.engine import RESUME_OVERRIDABLE, train
 
     cfg = config_from_args(args)
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if args.resume:
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        ignored = sorted(k for k in vars(args) if k in fields and k not in RESUME_OVERRIDABLE)
+        if ignored:
+            print(f"--resume continues the run with its own settings; ignoring: {', '.join(ignored)}")
+    try:
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (CheckpointError, NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"overlock train: {exc}") from exc  # bad input or a broken run: the message, no traceback
     final = summary["final"]
     if final:
         print(

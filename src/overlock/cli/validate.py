@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import pkgutil
+from pathlib import Path
 
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch.utils.data import DataLoader
@@ -43,6 +44,19 @@ def subset_indices(name: str) -> list[int] | None:
     return [position[s] for s in sorted(wanted)]
 
 
+def folder_classes(folder: str, subset: list[int] | None, known: list[str] | None) -> list[str] | None:
+    """The class list that maps a set's folders to the model's outputs (or to ``subset`` positions), so that
+    a set missing some class folders is still scored against the right outputs; None: sorted folder names."""
+    names = {d.name for d in Path(folder).iterdir() if d.is_dir()}
+    if subset is not None:  # ImageNet-A/-R: positions in the sorted 200-synset list
+        return sorted(ImageNetInfo().label_names()[i] for i in subset)
+    if names and all(n.isdigit() for n in names) and known is not None:  # ImageNet-V2: folders 0..N-1
+        return [str(i) for i in range(len(known))]
+    if known is not None and names <= set(known):
+        return list(known)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -63,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name, folder in sets.items():
         subset = subset_indices(name)
-        dataset = ImageFolderDataset(folder, transform, classes=None)
+        if not Path(folder).is_dir():
+            raise SystemExit(f"{name}: folder not found: {folder}")
+        dataset = ImageFolderDataset(folder, transform, classes=folder_classes(folder, subset, loaded.folder_classes))
         loader = DataLoader(dataset, args.batch_size, num_workers=args.workers, collate_fn=collate_skipping_corrupt)
         result = evaluate(model, loader, info, amp, class_subset=subset)
         rows.append((name, result))

@@ -72,7 +72,7 @@ PRESETS: dict[str, TrainConfig] = {
         model_kwargs=dict(kernel_sizes=(5, 5, 5, 5), sub_depths=(1, 1)),
         dataset="fashion_mnist",
         img_size=32,
-        epochs=2,
+        epochs=3,
         batch_size=256,
         lr=4e-3,
         min_lr=1e-5,

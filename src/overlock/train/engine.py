@@ -8,12 +8,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import timm
@@ -61,6 +62,22 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int = 3) -> nn.Mod
     return timm.create_model(cfg.model, **kwargs)
 
 
+def folder_transforms(cfg: TrainConfig, model: nn.Module | None = None) -> tuple[Callable, Callable]:
+    """Training (RandAugment, random erasing, random-resized crop) and evaluation transforms for RGB image
+    folders; evaluation follows the model's crop_pct, interpolation, mean and std."""
+    data_cfg = resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)}, model=model)
+    train_tf = create_transform(
+        (3, cfg.img_size, cfg.img_size),
+        is_training=True,
+        auto_augment=cfg.auto_augment,
+        re_prob=cfg.reprob,
+        interpolation=data_cfg["interpolation"],
+        mean=data_cfg["mean"],
+        std=data_cfg["std"],
+    )
+    return train_tf, create_transform(**data_cfg)
+
+
 def build_datasets(cfg: TrainConfig, model: nn.Module | None = None) -> tuple[Dataset, Dataset, list[str], int]:
     """Train and validation datasets, class names, and input channels."""
     if cfg.dataset == "fashion_mnist":
@@ -72,17 +89,7 @@ def build_datasets(cfg: TrainConfig, model: nn.Module | None = None) -> tuple[Da
     if not cfg.data_dir:
         raise ValueError("--data-dir is required for an image-folder dataset (ROOT/train/CLASS, ROOT/val/CLASS)")
     root = Path(cfg.data_dir)
-    data_cfg = resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)}, model=model)
-    train_tf = create_transform(
-        (3, cfg.img_size, cfg.img_size),
-        is_training=True,
-        auto_augment=cfg.auto_augment,
-        re_prob=cfg.reprob,
-        interpolation=data_cfg["interpolation"],
-        mean=data_cfg["mean"],
-        std=data_cfg["std"],
-    )
-    val_tf = create_transform(**data_cfg)
+    train_tf, val_tf = folder_transforms(cfg, model)
     train = ImageFolderDataset(root / "train", train_tf)
     val = ImageFolderDataset(root / "val", val_tf, classes=train.classes)
     return train, val, list(train.classes), 3
@@ -106,6 +113,23 @@ def learning_rate(cfg: TrainConfig, world_size: int) -> float:
     if cfg.lr is not None:
         return cfg.lr
     return cfg.base_lr * cfg.batch_size * cfg.accum_steps * world_size / 1024
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, world_size: int = 1) -> torch.optim.Optimizer:
+    """timm's optimizer factory: ``cfg.opt`` at :func:`learning_rate`, weight decay off for norms and biases."""
+    return create_optimizer_v2(model, opt=cfg.opt, lr=learning_rate(cfg, world_size), weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> CosineLRScheduler:
+    """Per-step schedule: linear warm-up from ``warmup_lr`` over ``warmup_epochs``, then cosine to ``min_lr``."""
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=steps_per_epoch * cfg.epochs,
+        lr_min=cfg.min_lr,
+        warmup_lr_init=cfg.warmup_lr,
+        warmup_t=int(cfg.warmup_epochs * steps_per_epoch),
+        t_in_epochs=False,
+    )
 
 
 def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
@@ -138,24 +162,47 @@ class _CsvLog:
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self.fields])
 
+    def truncate(self, key: str, last: int) -> None:
+        """Keep only the rows whose ``key`` is at most ``last``."""
+        with self.path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r[key]) <= last]
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
 
-def _tensorboard(out: Path):
+
+def _tensorboard(out: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard not installed: the CSV logs remain
         _logger.warning("tensorboard is not installed; writing CSV logs only")
         return None
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter(str(out / "tb"), purge_step=purge_step)
+
+
+# options that may change when a run is resumed; every other one comes from the checkpoint
+RESUME_OVERRIDABLE = ("output", "workers", "save_every", "max_steps")
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) the training described by ``cfg``; returns the summary written to summary.json."""
+    """Run (or resume) the training described by ``cfg``; returns the summary written to summary.json.
+
+    When resuming, the run's own configuration is taken from ``cfg.output``/last.pth; only the
+    ``RESUME_OVERRIDABLE`` fields of ``cfg`` apply.
+    """
     info = init_distributed()
     out = Path(cfg.output)
     state = None
     if resume:
         state = load_training_checkpoint(out / "last.pth")
-        cfg = TrainConfig(**state["config"])
+        try:
+            saved = TrainConfig(**state["config"])
+        except TypeError as exc:
+            raise CheckpointError(f"{out / 'last.pth'} holds a configuration this version cannot read: {exc}") from exc
+        cfg = saved.updated(**{k: getattr(cfg, k) for k in RESUME_OVERRIDABLE})
     elif info.is_main:
         prepare_output(out, resume, overwrite)
     torch.manual_seed(cfg.seed)
@@ -164,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     num_classes = cfg.num_classes or len(classes)
     model = build_model(cfg, num_classes, in_chans)
     if cfg.dataset == "folder":  # the eval transform follows the model's crop_pct and interpolation
-        train_set, val_set, classes, in_chans = build_datasets(cfg, model)
+        train_set.transform, val_set.transform = folder_transforms(cfg, model)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(cfg.grad_checkpointing)
     if cfg.sync_bn and info.enabled:
@@ -186,24 +233,18 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             f"{len(train_set)} training images give no full step of {cfg.batch_size} x {cfg.accum_steps} "
             f"x {info.world_size} processes: lower --batch-size or --accum-steps"
         )
-    total_steps = steps_per_epoch * cfg.epochs
 
     criterion, mixup = build_criterion(cfg, num_classes)
     lr = learning_rate(cfg, info.world_size)
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=total_steps,
-        lr_min=cfg.min_lr,
-        warmup_lr_init=cfg.warmup_lr,
-        warmup_t=int(cfg.warmup_epochs * steps_per_epoch),
-        t_in_epochs=False,
-    )
+    optimizer = build_optimizer(cfg, model, info.world_size)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     amp_dtype = AMP_DTYPES[cfg.amp]
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
     train_model = DistributedDataParallel(model) if info.enabled else model
 
     epoch, step, micro_in_epoch, best_top1 = 0, 0, 0, -1.0
+    last_eval: dict[str, float] = {}
+    sums = torch.zeros(3, dtype=torch.float64, device=info.device)  # this epoch: loss sum, images, skipped
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -215,26 +256,33 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{out / 'last.pth'} does not match this run's model or optimizer: {exc}") from exc
         epoch, step, micro_in_epoch = state["epoch"], state["step"], state["micro_in_epoch"]
-        best_top1 = state["best_top1"]
+        best_top1, last_eval = state["best_top1"], state.get("last_eval", {})
+        # rank 0's sums of the interrupted epoch, shared out so that the all-reduced mean keeps its value
+        saved_sums = state.get("epoch_sums", [0.0] * 3)
+        sums += torch.tensor(saved_sums, dtype=torch.float64, device=info.device) / info.world_size
         torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
         _logger.info("resumed %s at epoch %d, step %d", out, epoch, step)
 
     metrics_log = _CsvLog(out / "metrics.csv", ["epoch", "step", "lr", "train_loss", "val_loss", "val_top1",
                                                 "val_top5", "ema_top1", "skipped_images", "seconds"])
     steps_log = _CsvLog(out / "steps.csv", ["step", "epoch", "lr", "loss"])
-    writer = _tensorboard(out) if info.is_main else None
+    if state is not None and info.is_main:  # drop rows logged after the checkpoint (the killed run's tail)
+        metrics_log.truncate("step", step)
+        steps_log.truncate("step", step)
+    writer = _tensorboard(out, purge_step=step if state is not None else None) if info.is_main else None
 
     def snapshot() -> dict[str, Any]:
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
             "epoch": epoch, "step": step, "micro_in_epoch": micro_in_epoch, "best_top1": best_top1,
-            "config": asdict(cfg), "classes": classes,
+            "last_eval": last_eval, "epoch_sums": sums.tolist(), "config": asdict(cfg), "classes": classes,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
 
     start = time.time()
-    last_eval: dict[str, float] = {}
     while epoch < cfg.epochs and not (cfg.max_steps and step >= cfg.max_steps):
         seeded.set_epoch(epoch)
         sampler.set_epoch(epoch, skip=micro_in_epoch * cfg.batch_size)
@@ -243,7 +291,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss sum, images, skipped
         bar = tqdm(total=micro_per_epoch, initial=micro_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not info.is_main, leave=False)
         for images, targets, skipped in train_loader:
@@ -251,6 +298,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 break
             _seed_step(cfg.seed, epoch, micro_in_epoch)
             sums[2] += skipped
+            if len(targets) == 0:
+                raise ValueError(f"every image of a training batch was unreadable ({skipped} files): "
+                                 f"check {cfg.data_dir}")
             images, targets = images.to(info.device, memory_format=memory_format), targets.to(info.device)
             if mixup is not None:  # Mixup pairs images: an odd batch (corrupt files skipped) loses one
                 even = len(images) // 2 * 2
@@ -299,7 +349,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 save_atomic(snapshot(), out / "last.pth")
             break
 
-        sums = all_reduce_sum(sums, info)
+        totals, sums = all_reduce_sum(sums, info), torch.zeros_like(sums)
         last_eval = evaluate(model, val_loader, info, amp_dtype)
         ema_eval = evaluate(ema.module, val_loader, info, amp_dtype) if ema is not None else None
         epoch, micro_in_epoch = epoch + 1, 0
@@ -307,9 +357,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         best_top1 = max(best_top1, last_eval["top1"])
         row = {
             "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": sums[0].item() / max(sums[1].item(), 1), "val_loss": last_eval["loss"],
+            "train_loss": totals[0].item() / max(totals[1].item(), 1), "val_loss": last_eval["loss"],
             "val_top1": last_eval["top1"], "val_top5": last_eval["top5"],
-            "ema_top1": ema_eval["top1"] if ema_eval else "", "skipped_images": int(sums[2].item()),
+            "ema_top1": ema_eval["top1"] if ema_eval else "", "skipped_images": round(totals[2].item()),
             "seconds": round(time.time() - start, 1),
         }
         if info.is_main:
@@ -319,13 +369,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             if writer:
                 for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
                     writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
-            save_atomic(snapshot(), out / "last.pth")
             if improved:
                 save_atomic({"model": model.state_dict(), "epoch": epoch, "top1": best_top1, "classes": classes,
                              "config": asdict(cfg)}, out / "best.pth")
             if ema is not None:
                 save_atomic({"model": ema.module.state_dict(), "epoch": epoch, "top1": ema_eval["top1"],
                              "classes": classes, "config": asdict(cfg)}, out / "ema.pth")
+            save_atomic(snapshot(), out / "last.pth")  # last: a kill before this repeats the epoch
 
     summary = {
         "model": cfg.model, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -354,8 +404,13 @@ def plot_curves(out: Path) -> None:
 
     steps, epochs = read("steps.csv"), read("metrics.csv")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1)
-    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    ax_loss.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, alpha=0.6,
+                 label="train (step)")
+    epoch_steps = [int(r["step"]) for r in epochs]
+    ax_loss.plot(epoch_steps, [float(r["train_loss"]) for r in epochs], "o-", label="train (epoch)")
+    ax_loss.plot(epoch_steps, [float(r["val_loss"]) for r in epochs], "s--", label="validation")
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+    ax_loss.legend()
     ax_acc.plot([int(r["step"]) for r in epochs], [float(r["val_top1"]) for r in epochs], "o-", label="top-1")
     ax_acc.plot([int(r["step"]) for r in epochs], [float(r["val_top5"]) for r in epochs], "s--", label="top-5")
     ax_acc.set(xlabel="step", ylabel="validation accuracy (%)", title="accuracy")

@@ -20,11 +20,16 @@ from .engine import build_model
 
 @dataclass
 class EvalModel:
-    """A model ready for inference, the names of its classes (when known) and its input transform."""
+    """A model ready for inference, the names of its classes (when known) and its input transform.
+
+    ``folder_classes``: the class-folder names of each output in order (an ``overlock train`` run's folders,
+    or the ImageNet WordNet ids for a 1000-class model), when known.
+    """
 
     model: nn.Module
     classes: list[str] | None
     transform: Callable
+    folder_classes: list[str] | None = None
 
 
 def load_for_eval(name: str | None, weights: str | None = None) -> EvalModel:
@@ -47,18 +52,19 @@ def load_for_eval(name: str | None, weights: str | None = None) -> EvalModel:
         else:
             transform = create_transform(**resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)},
                                                                model=model))
-        return EvalModel(model.eval(), classes, transform)
+        return EvalModel(model.eval(), classes, transform, list(classes) if classes else None)
     if not name:
         raise ValueError("a model name is needed unless --weights is a checkpoint of an overlock train run")
     if name not in timm.list_models():
         raise ValueError(f"unknown model {name!r}")
     kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=weights)) if weights else {}
     model = timm.create_model(name, **kwargs)
-    classes = None
+    classes = folders = None
     if model.num_classes == 1000:
         info = timm.data.ImageNetInfo()
         classes = [info.index_to_description(i) for i in range(1000)]
-    return EvalModel(model.eval(), classes, create_transform(**resolve_data_config({}, model=model)))
+        folders = list(info.label_names())
+    return EvalModel(model.eval(), classes, create_transform(**resolve_data_config({}, model=model)), folders)
 
 
 def _run_checkpoint(path: str) -> dict | None:
