@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from overlock.ops import ENV_VAR, available_backends, contmix_apply, contmix_reference, select_backend
+from probes import LargestTensor
 
 
 def brute_force(logits, value, k, rpb=None):
@@ -74,26 +74,11 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(contmix_reference(logits_t, value_t, 5, rpb), contmix_reference(logits, value, 5, rpb))
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the element count of the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_memory_bounded_no_k2_copy_of_value():
     """No intermediate, forward or backward, is larger than the kernel weights or the value map
     (an unfold approach makes a K^2 x C per-pixel copy, here 49 x 16 = 16x the weights)."""
     logits, value, rpb = (t.float().requires_grad_() for t in _inputs(1, 2, 20, 24, 16, 7))
-    with _LargestTensor() as tracker:
+    with LargestTensor() as tracker:
         out = contmix_reference(logits, value, 7, rpb)
         out.sum().backward()
     assert tracker.largest <= max(logits.numel(), value.numel())

@@ -12,13 +12,13 @@ import types
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from overlock.ops import ENV_VAR, available_backends, contmix_apply, contmix_reference, select_backend
 from overlock.ops import cpu, reference
 from overlock.ops.backends import TRITON_MODULE
 from overlock.ops.custom_op import neighbourhood_av
 from overlock.ops.layout import is_planar
+from probes import LargestTensor
 
 CPU_BACKENDS = available_backends(torch.empty(1, 1, 1, 1, 1))
 FAST_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
@@ -128,27 +128,12 @@ def test_bfloat16_autocast(backend):
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the element count of the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_cpu_kernels_memory_bounded():
     """No intermediate of the CPU kernels, forward or backward, outgrows the weights or the values
     (a K^2 copy of the value here is 49 x 16 channels = 16x the weights)."""
     attn = torch.randn(1, 2, 20, 24, 49).softmax(-1)
     value = torch.randn(1, 2, 20, 24, 16)
-    with _LargestTensor() as tracker:
+    with LargestTensor() as tracker:
         out = cpu.av_forward(attn, value, 7)
         cpu.av_backward(torch.randn_like(out), attn, value, 7)
     assert tracker.largest <= max(attn.numel(), value.numel())

@@ -17,6 +17,7 @@ from torch import Tensor
 from .backends import ENV_VAR, available_backends, select_backend
 from .custom_op import neighbourhood_av
 from .reference import relative_position_bias_grid
+from .shapes import check_kernel_inputs
 
 __all__ = ["ENV_VAR", "available_backends", "contmix_apply", "select_backend"]
 
@@ -24,21 +25,7 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _check_shapes(logits: Tensor, value: Tensor, kernel_size: int, rpb: Tensor | None) -> None:
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
-    if value.dim() != 5 or logits.dim() != 5:
-        raise ValueError(
-            "expected logits (B, G, H, W, K*K) and value (B, G, H, W, C), "
-            f"got logits {tuple(logits.shape)} and value {tuple(value.shape)}"
-        )
-    if logits.shape[:4] != value.shape[:4] or logits.shape[-1] != kernel_size**2:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} do not match value {tuple(value.shape)} "
-            f"with kernel_size {kernel_size} (last dim must be {kernel_size ** 2})"
-        )
-    height, width = value.shape[2], value.shape[3]
-    if min(height, width) < kernel_size:
-        raise ValueError(f"map {height}x{width} is smaller than kernel_size {kernel_size}")
+    check_kernel_inputs(logits, value, kernel_size)
     if rpb is not None and tuple(rpb.shape) != (value.shape[1], 2 * kernel_size - 1, 2 * kernel_size - 1):
         raise ValueError(
             f"rpb must have shape {(value.shape[1], 2 * kernel_size - 1, 2 * kernel_size - 1)}, "

@@ -28,6 +28,8 @@ import os
 import torch
 from torch import Tensor
 
+from .shapes import check_kernel_inputs
+
 try:
     import triton
     import triton.language as tl
@@ -285,17 +287,7 @@ def _require_triton() -> None:
 
 
 def _check(attn: Tensor, value: Tensor, kernel_size: int) -> None:
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
-    if value.dim() != 5 or attn.dim() != 5:
-        raise ValueError(
-            "expected attn (B, G, H, W, K*K) and value (B, G, H, W, C), "
-            f"got {tuple(attn.shape)} and {tuple(value.shape)}"
-        )
-    if attn.shape[:4] != value.shape[:4] or attn.shape[-1] != kernel_size**2:
-        raise ValueError(f"attn {tuple(attn.shape)} does not match value {tuple(value.shape)} and K={kernel_size}")
-    if min(value.shape[2], value.shape[3]) < kernel_size:
-        raise ValueError(f"map {value.shape[2]}x{value.shape[3]} is smaller than kernel_size {kernel_size}")
+    check_kernel_inputs(attn, value, kernel_size, weights_name="attn")
     if attn.device != value.device:
         raise ValueError(f"attn is on {attn.device} but value is on {value.device}")
 

@@ -1,0 +1,23 @@
+"""Shape checks shared by the public op and the backends that can be called directly."""
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def check_kernel_inputs(weights: Tensor, value: Tensor, kernel_size: int, weights_name: str = "logits") -> None:
+    """Clear errors for (B, G, H, W, K*K) kernel weights and (B, G, H, W, C) values that do not fit."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+    if value.dim() != 5 or weights.dim() != 5:
+        raise ValueError(
+            f"expected {weights_name} (B, G, H, W, K*K) and value (B, G, H, W, C), "
+            f"got {weights_name} {tuple(weights.shape)} and value {tuple(value.shape)}"
+        )
+    if weights.shape[:4] != value.shape[:4] or weights.shape[-1] != kernel_size**2:
+        raise ValueError(
+            f"shape of {weights_name} {tuple(weights.shape)} does not match value {tuple(value.shape)} "
+            f"with kernel_size {kernel_size} (last dim must be {kernel_size ** 2})"
+        )
+    height, width = value.shape[2], value.shape[3]
+    if min(height, width) < kernel_size:
+        raise ValueError(f"map {height}x{width} is smaller than kernel_size {kernel_size}")
