@@ -1,11 +1,12 @@
 """Eval-mode BatchNorm folding: same outputs and state dict as the plain layers."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from overlock.layers.conv import DilatedRepConv
-from overlock.layers.fused import FoldingSequential
+from overlock.layers.fused import FusedSequential
 
 
 def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
@@ -19,10 +20,10 @@ def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(c, generator=gen))
 
 
-def _pair(*layers: nn.Module) -> tuple[nn.Sequential, FoldingSequential]:
+def _pair(*layers: nn.Module) -> tuple[nn.Sequential, FusedSequential]:
     plain = nn.Sequential(*layers)
     _randomise_bn(plain)
-    folding = FoldingSequential(*layers)  # shares the modules
+    folding = FusedSequential(*layers)  # shares the modules
     return plain, folding
 
 
@@ -53,3 +54,44 @@ def test_training_mode_runs_layers_unchanged():
     before = folding[1].running_mean.clone()
     torch.testing.assert_close(folding.train()(x), plain.train()(x))
     assert not torch.equal(folding[1].running_mean, before)  # batch statistics were used and tracked
+
+
+def test_conv_bn_gelu_runs_as_one_onednn_call_in_cpu_inference(monkeypatch):
+    """conv (-> BN) -> GELU in inference becomes one oneDNN conv with a GELU post-op, same outputs; with
+    gradients needed the layers run as they are."""
+    from overlock.layers import fused
+    from overlock.layers.conv import ResDWConv
+
+    if not fused._ONEDNN_POINTWISE:
+        pytest.skip("this PyTorch build has no oneDNN pointwise convolution")
+    plain, folding = _pair(
+        nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.GELU(),  # conv -> BN -> GELU
+        ResDWConv(8, 3), nn.GELU(),  # residual depthwise conv -> GELU: its identity must be kept
+        nn.Conv2d(8, 4, 1), nn.GELU(approximate="tanh"),  # not the exact GELU: not fused
+    )
+    plain.eval(), folding.eval()
+    calls = []
+    real = fused._conv_gelu
+    monkeypatch.setattr(fused, "_conv_gelu", lambda *args: calls.append(1) or real(*args))
+    for x in (torch.randn(2, 6, 15, 13), torch.randn(2, 6, 15, 13).to(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            torch.testing.assert_close(folding(x), plain(x), rtol=1e-5, atol=1e-5)
+        assert len(calls) == 2
+        calls.clear()
+        out = folding(x)  # parameters need gradients: unfused, and differentiable
+        assert not calls and out.requires_grad
+        torch.testing.assert_close(out, plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_grn_fast_norm_matches_vector_norm():
+    from overlock.layers.norm import GRN
+
+    grn = GRN(5)
+    with torch.no_grad():
+        grn.gamma.normal_(), grn.beta.normal_()
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    norm = torch.linalg.vector_norm(x, dim=(-1, -2), keepdim=True)
+    expected = x * (grn.gamma.double() * norm / (norm.mean(1, keepdim=True) + 1e-6) + 1) + grn.beta.double()
+    with torch.no_grad():
+        torch.testing.assert_close(grn.double()(x), expected)
+    torch.testing.assert_close(grn(x.requires_grad_()), expected)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 # The paper's Table 1 figures (deploy form, without the auxiliary head), for comparison.
 PAPER_FIGURES: dict[str, dict[str, float]] = {
@@ -19,6 +19,16 @@ PAPER_FIGURES: dict[str, dict[str, float]] = {
     "overlock_s": dict(params_m=56, gmacs=9.7, top1=84.8),
     "overlock_b": dict(params_m=95, gmacs=16.7, top1=85.1),
 }
+
+
+def _fused_conv_flops(x_shape, w_shape, *args, out_shape, **kwargs) -> int:
+    """FLOPs of oneDNN's convolution with a fused element-wise op (``overlock.layers.fused``): the convolution's."""
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
+
+
+def _custom_flop_formulas() -> dict:
+    op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+    return {op: _fused_conv_flops} if op is not None else {}
 
 
 def count_params(model: nn.Module, exclude_prefixes: Sequence[str] = ()) -> int:
@@ -34,7 +44,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batc
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas()) as counter:
             model(x)
     finally:
         model.train(was_training)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .contmix import ContMixMixer, bilinear, conv_ffn, residual, upsized_for_kernel
 from .conv import DilatedRepConv, ResDWConv
-from .fused import FoldingSequential, run_folding_bn
+from .fused import FusedSequential, run_fused
 from .norm import GRN, LayerNorm2d
 from .scale import LayerScale
 from .se import SEModule
@@ -45,7 +45,7 @@ class RepConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.dwconv(x)
         *layers, drop_path = self.proj
-        branch = run_folding_bn(layers, x)
+        branch = run_fused(layers, x)
         return residual(x, branch, self.ls, drop_path, self.res_scale)
 
 
@@ -83,7 +83,7 @@ class DynamicConvBlock(ContMixMixer):
             self.h_scale = LayerScale(ctx_dim, 1)
         self.dwconv1 = ResDWConv(out_dim, 3)
         self.norm1 = LayerNorm2d(out_dim)
-        self.fusion = FoldingSequential(
+        self.fusion = FusedSequential(
             nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim),
             nn.BatchNorm2d(out_dim),
             nn.GELU(),
@@ -91,7 +91,7 @@ class DynamicConvBlock(ContMixMixer):
             GRN(dim),
         )
         self._init_mixer(dim, ctx_dim, kernel_size, smk_size, num_heads)
-        self.dyconv_proj = FoldingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.dyconv_proj = FusedSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
         self._init_output(
             dim, out_dim, kernel_size, mlp_ratio, ls_init_value, res_scale, drop_path, LayerNorm2d, deploy
         )
@@ -132,17 +132,17 @@ class ContextDownsample(nn.Module):
         return self.x_proj(x), self.h_proj(ctx)
 
 
-def conv_bn(in_dim: int, out_dim: int, stride: int = 1) -> FoldingSequential:
+def conv_bn(in_dim: int, out_dim: int, stride: int = 1) -> FusedSequential:
     """3x3 conv (no bias) + BatchNorm; with stride 2 it is the stage downsampling layer."""
-    return FoldingSequential(
+    return FusedSequential(
         nn.Conv2d(in_dim, out_dim, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_dim)
     )
 
 
-def stem(in_chans: int, dim: int) -> FoldingSequential:
+def stem(in_chans: int, dim: int) -> FusedSequential:
     """Four 3x3 conv-BN layers, two of stride 2 (stride 4 overall), GELU between them."""
     half = dim // 2
-    return FoldingSequential(
+    return FusedSequential(
         *conv_bn(in_chans, half, stride=2), nn.GELU(),
         *conv_bn(half, half), nn.GELU(),
         *conv_bn(half, dim, stride=2), nn.GELU(),

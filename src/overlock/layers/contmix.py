@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import contmix_apply
 from .conv import DilatedRepConv, ResDWConv
-from .fused import FoldingSequential
+from .fused import FusedSequential
 from .norm import GRN, LayerNorm2d
 from .scale import LayerScale
 from .se import SEModule
@@ -42,9 +42,9 @@ def bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def conv_ffn(dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+def conv_ffn(dim: int, hidden: int, out_dim: int) -> FusedSequential:
     """ConvFFN: 1x1 conv, GELU, residual 3x3 depthwise conv, GRN, 1x1 conv."""
-    return nn.Sequential(
+    return FusedSequential(
         nn.Conv2d(dim, hidden, 1),
         nn.GELU(),
         ResDWConv(hidden, 3),
@@ -76,8 +76,8 @@ class ContMixMixer(nn.Module):
         if dim % (2 * self.num_groups) != 0:
             raise ValueError(f"dim {dim} must be divisible by 2 * num_groups = {2 * self.num_groups}")
         self.scale = (dim // self.num_groups) ** -0.5
-        self.weight_query = FoldingSequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
-        self.weight_key = FoldingSequential(
+        self.weight_query = FusedSequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+        self.weight_key = FusedSequential(
             nn.AdaptiveAvgPool2d(REGION_GRID),
             nn.Conv2d(key_dim, dim // 2, 1, bias=False),
             nn.BatchNorm2d(dim // 2),
@@ -100,10 +100,10 @@ class ContMixMixer(nn.Module):
     ) -> None:
         """The parts after the dynamic convolution: large-kernel positional term, SE, gate, output
         projection to ``out_dim``, residuals and the ConvFFN."""
-        self.lepe = FoldingSequential(DilatedRepConv(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
+        self.lepe = FusedSequential(DilatedRepConv(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
         self.se_layer = SEModule(dim)
-        self.gate = FoldingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
-        self.proj = FoldingSequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
+        self.gate = FusedSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.proj = FusedSequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
         self.dwconv2 = ResDWConv(out_dim, 3)
         self.norm2 = norm_layer(out_dim)
         self.mlp = conv_ffn(out_dim, int(dim * mlp_ratio), out_dim)
@@ -125,12 +125,16 @@ class ContMixMixer(nn.Module):
         groups = self.num_groups
         query = self.weight_query(query_src) * self.scale
         key = self.weight_key(key_src)
-        query = query.reshape(batch, groups, -1, height * width)
-        key = key.reshape(batch, groups, -1, REGION_GRID**2)
-        affinity = query.transpose(-1, -2) @ key  # (B, G, HW, 49)
-        logits = F.linear(affinity, self.weight_proj.weight.flatten(1), self.weight_proj.bias)
-        logits = logits.reshape(batch, groups, height, width, -1)
-        small, large = logits.split([self.smk_size**2, self.kernel_size**2], dim=-1)
+        query = query.reshape(batch, groups, -1, height * width).transpose(-1, -2)  # (B, G, HW, c)
+        key = key.reshape(batch, groups, -1, REGION_GRID**2)  # (B, G, c, 49)
+        # logits = (query . key) @ proj^T + b, computed as query . (key @ proj^T) + b: same sums, a third of
+        # the arithmetic (c < 49 channels a group), and each kernel's logits come out contiguous
+        key_proj = key @ self.weight_proj.weight.flatten(1).t()  # (B, G, c, k^2 + K^2)
+        sizes = [self.smk_size**2, self.kernel_size**2]
+        small, large = (
+            (query @ part).add_(bias).view(batch, groups, height, width, -1)
+            for part, bias in zip(key_proj.split(sizes, dim=-1), self.weight_proj.bias.split(sizes))
+        )
         v_small, v_large = value.reshape(batch, 2, groups, dim // (2 * groups), height, width).permute(
             1, 0, 2, 4, 5, 3
         )
@@ -182,8 +186,8 @@ class ContMixBlock(ContMixMixer):
         self._init_mixer(dim, dim, kernel_size, smk_size, num_heads)
         nn.init.trunc_normal_(self.rpb1, std=0.02)
         nn.init.trunc_normal_(self.rpb2, std=0.02)
-        self.weight_value = FoldingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
-        self.fusion_proj = FoldingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.weight_value = FusedSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.fusion_proj = FusedSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
         self._init_output(dim, dim, kernel_size, mlp_ratio, ls_init_value, res_scale, drop_path, norm_layer, deploy)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,18 +1,28 @@
-"""Sequential containers that fold eval-mode BatchNorms into neighbouring convolutions on the fly.
+"""Sequential containers that fuse neighbouring layers at call time, the state dict unchanged.
 
-In eval mode a BatchNorm is a per-channel affine map, so ``BN(conv(x))`` is one convolution with a
-rescaled weight and a shifted bias, and ``conv1x1(BN(x))`` likewise. Folding at call time (weight-sized
-work) saves a full pass over the feature map per BatchNorm while the parameters, and so the state dict,
-stay exactly the official ones. Training mode runs the layers as they are.
+Two fusions, each exact up to float rounding, chosen per call from the layers and the input:
+
+- eval-mode BatchNorm folded into the adjacent convolution (``BN(conv(x))`` and ``conv1x1(BN(x))`` are one
+  convolution with a rescaled weight and a shifted bias): saves a pass over the map per BatchNorm;
+- inference on CPUs: a convolution followed by an exact GELU runs as one oneDNN convolution with a GELU
+  post-op: saves a pass and a map-sized allocation.
+
+Folding works on weight-sized tensors only, so parameters and state-dict keys stay exactly the official
+ones. Training mode, or anything that needs gradients, runs the layers as they are (BatchNorm folding
+only needs eval mode, since it is differentiable).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conv import DilatedRepConv, fuse_conv_bn
+from .conv import DilatedRepConv, ResDWConv, fuse_conv_bn
+
+# oneDNN's convolution with a fused element-wise post-op (what TorchInductor's CPU backend emits)
+_ONEDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -21,35 +31,81 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return scale, bn.bias - bn.running_mean * scale
 
 
-def _foldable(bn: nn.Module) -> bool:
+def _foldable(bn: nn.Module | None) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None
 
 
-def _plain_conv(m: nn.Module) -> nn.Conv2d | None:
-    """The convolution computing ``m`` (a conv, or a merged Dilated RepConv), when it can absorb a BN."""
+def _as_conv(m: nn.Module | None) -> nn.Conv2d | None:
+    """The convolution computing ``m`` (a conv, a residual depthwise conv, a merged Dilated RepConv), if any."""
     if isinstance(m, DilatedRepConv):
         m = m.lk_origin if m.deployed else None
-    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
+    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
         return m
     return None
 
 
-def _is_pointwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.padding == (0, 0)
+def _effective_weight(conv: nn.Conv2d) -> Tensor:
+    return conv.weight + conv.identity if isinstance(conv, ResDWConv) else conv.weight
 
 
-def run_folding_bn(layers: Iterable[nn.Module], x: Tensor) -> Tensor:
-    """Apply ``layers`` in order, folding eval-mode BatchNorms into the adjacent convolution."""
+def _is_pointwise(m: nn.Module | None) -> bool:
+    return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.padding == (0, 0) \
+        and m.stride == (1, 1)
+
+
+def _is_exact_gelu(m: nn.Module | None) -> bool:
+    return isinstance(m, nn.GELU) and m.approximate == "none"
+
+
+def _inference(x: Tensor, *params: Tensor | None) -> bool:
+    """True for a real tensor (not an fx proxy) when no gradient is needed through ``x`` or ``params``."""
+    if not isinstance(x, Tensor):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not x.requires_grad and not any(p is not None and p.requires_grad for p in params)
+
+
+def _onednn_gelu_ok(x: Tensor, conv: nn.Conv2d) -> bool:
+    return (
+        _ONEDNN_POINTWISE
+        and _inference(x, conv.weight, conv.bias)
+        and x.device.type == "cpu"
+        and x.dtype == conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _conv_gelu(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """GELU of ``conv``'s geometry with ``weight`` and ``bias``, as one oneDNN convolution with a GELU post-op."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
+    )
+
+
+def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> Tensor:
+    """Apply ``layers`` in order, fusing neighbours where the module docstring says it pays."""
     layers = list(layers)
     i = 0
     while i < len(layers):
-        layer, nxt = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-        conv = _plain_conv(layer)
-        if conv is not None and nxt is not None and _foldable(nxt):  # conv -> BN
-            weight, bias = fuse_conv_bn(conv.weight, conv.bias, nxt)
-            x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-            i += 2
-        elif _foldable(layer) and nxt is not None and _is_pointwise(nxt):  # BN -> 1x1 conv
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        conv = _as_conv(layer)
+        if conv is not None:
+            weight, bias, used = None, conv.bias, 1
+            if _foldable(nxt):  # conv -> BN
+                weight, bias = fuse_conv_bn(_effective_weight(conv), conv.bias, nxt)
+                used = 2
+            after = layers[i + used] if i + used < len(layers) else None
+            if _is_exact_gelu(after) and _onednn_gelu_ok(x, conv):  # conv (-> BN) -> GELU
+                x = _conv_gelu(x, conv, _effective_weight(conv) if weight is None else weight, bias)
+                used += 1
+            elif weight is not None:
+                x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            else:
+                x = layer(x)
+            i += used
+        elif _foldable(layer) and _is_pointwise(nxt):  # BN -> 1x1 conv
             scale, shift = _bn_affine(layer)
             weight = nxt.weight * scale.reshape(1, -1, 1, 1)
             bias = nxt.weight.flatten(1) @ shift
@@ -63,8 +119,8 @@ def run_folding_bn(layers: Iterable[nn.Module], x: Tensor) -> Tensor:
     return x
 
 
-class FoldingSequential(nn.Sequential):
-    """``nn.Sequential`` (same children, same state-dict keys) that folds eval-mode BatchNorms."""
+class FusedSequential(nn.Sequential):
+    """``nn.Sequential`` (same children, same state-dict keys) that fuses neighbouring layers (see module doc)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return run_folding_bn(self, x)
+        return run_fused(self, x)
