@@ -41,3 +41,19 @@ def test_bad_settings():
         benchmark(["overlock_xxl"], BenchConfig())
     with pytest.raises(ValueError, match="mode must be"):
         benchmark(["test_overlock"], BenchConfig(mode="fast"))
+
+
+def test_steps_are_timed_round_robin(monkeypatch):
+    """Every timed iteration steps each model once, in turn, so drifting machine load hits all alike."""
+    from overlock import benchmark as bench
+
+    order = []
+    monkeypatch.setattr(bench, "_prepare", lambda name, cfg: bench._Prepared(lambda: order.append(name), 3, 5))
+    rows = bench._time_round_robin(["a", "b", "c"], BenchConfig(warmup=1, iters=2))
+    assert order == ["a", "b", "c"] * 3
+    assert [row[:2] for row in rows] == [(3, 5)] * 3 and all(row[2] >= 0 for row in rows)
+
+
+def test_a_failing_model_is_named(tmp_path):
+    with pytest.raises(RuntimeError, match="official:overlock_xt: .*not_a_clone"):
+        benchmark(["official:overlock_xt"], BenchConfig(official_repo=str(tmp_path / "not_a_clone")))

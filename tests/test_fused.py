@@ -95,3 +95,16 @@ def test_grn_fast_norm_matches_vector_norm():
     with torch.no_grad():
         torch.testing.assert_close(grn.double()(x), expected)
     torch.testing.assert_close(grn(x.requires_grad_()), expected)
+
+
+def test_grn_gradient_is_finite_at_a_zero_channel():
+    from overlock.layers.norm import GRN
+
+    grn = GRN(3)
+    with torch.no_grad():
+        grn.gamma.fill_(0.5)
+    x = torch.randn(2, 3, 4, 4)
+    x[:, 1] = 0
+    x.requires_grad_()
+    grn(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(grn.gamma.grad).all()

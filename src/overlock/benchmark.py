@@ -1,7 +1,9 @@
 """Side-by-side speed measurements: throughput, latency, peak memory, parameters and MACs of timm models.
 
-Each model is measured in a fresh child process (one after the other, in one run) so that its peak memory
-is its own: CUDA's allocator statistics on a GPU, the child's peak resident set size on a CPU.
+Timing: all models are built in one child process and their steps timed round-robin (model A, B, C, A, B,
+C, ...), so that a shared machine's changing load hits every model alike and the ratios hold. Peak memory:
+each model in a fresh child process of its own (one after the other), so that the figure is its own:
+CUDA's allocator statistics on a GPU, the child's peak resident set size on a CPU.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import multiprocessing as mp
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
@@ -93,9 +95,38 @@ def _logits(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _measure(name: str, cfg: BenchConfig) -> BenchResult:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+@dataclass
+class _Prepared:
+    """A model ready to be stepped, with its size."""
+
+    step: Callable[[], None]
+    params: int
+    macs: int
+
+
+def _prepare(name: str, cfg: BenchConfig) -> _Prepared:
+    """``name`` built and ready to step; errors, while building or stepping, name the model."""
+
+    def named(exc: Exception) -> RuntimeError:
+        return RuntimeError(f"{name}: {type(exc).__name__}: {exc}")
+
+    try:
+        prepared = _prepare_model(name, cfg)
+    except Exception as exc:
+        raise named(exc) from exc
+    step = prepared.step
+
+    def named_step() -> None:
+        try:
+            step()
+        except Exception as exc:
+            raise named(exc) from exc
+
+    prepared.step = named_step
+    return prepared
+
+
+def _prepare_model(name: str, cfg: BenchConfig) -> _Prepared:
     device = torch.device(cfg.device)
     model = _build(name, cfg)
     if cfg.mode == "infer":
@@ -114,45 +145,77 @@ def _measure(name: str, cfg: BenchConfig) -> BenchResult:
         if optimizer is None:
             with torch.no_grad(), autocast:
                 run(x)
-            return
-        with autocast:
-            loss = torch.nn.functional.cross_entropy(_logits(run(x)).float(), target)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        else:
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(_logits(run(x)).float(), target)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
+    return _Prepared(step, params, macs)
+
+
+def _set_threads(cfg: BenchConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+def _time_round_robin(models: list[str], cfg: BenchConfig) -> list[tuple[int, int, float]]:
+    """(params, MACs, median seconds per step) of each model, steps timed in turn in this process."""
+    _set_threads(cfg)
+    prepared = [_prepare(name, cfg) for name in models]
+    for _ in range(cfg.warmup):
+        for p in prepared:
+            p.step()
+    times: list[list[float]] = [[] for _ in prepared]
+    for _ in range(cfg.iters):
+        for p, t in zip(prepared, times):
+            start = time.perf_counter()
+            p.step()
+            t.append(time.perf_counter() - start)
+    return [(p.params, p.macs, statistics.median(t)) for p, t in zip(prepared, times)]
+
+
+def _peak_memory_mb(name: str, cfg: BenchConfig) -> float:
+    """Peak memory (MiB) of a process that builds ``name`` and runs a few steps of it."""
+    _set_threads(cfg)
+    device = torch.device(cfg.device)
+    prepared = _prepare(name, cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(cfg.warmup + cfg.iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= cfg.warmup:
-            times.append(time.perf_counter() - start)
-    latency = statistics.median(times)
+    for _ in range(min(cfg.warmup, 1) + 1):
+        prepared.step()
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        import resource
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return BenchResult(name, params / 1e6, macs / 1e9, cfg.batch_size / latency, latency * 1000, peak,
-                       top1_of(name), asdict(cfg))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _child(name: str, cfg: BenchConfig, queue: mp.Queue) -> None:
+def _child(fn: Callable[..., Any], args: tuple, queue: mp.Queue) -> None:
     try:
-        queue.put(_measure(name, cfg))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent with the model name
-        queue.put(RuntimeError(f"{name}: {type(exc).__name__}: {exc}"))
+        queue.put(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(exc if isinstance(exc, RuntimeError) else RuntimeError(f"{type(exc).__name__}: {exc}"))
+
+
+def _in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh spawned process (its own memory statistics), re-raising its error here."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def benchmark(models: list[str], cfg: BenchConfig) -> list[BenchResult]:
-    """Measure ``models`` one after the other, each in its own child process, with the same settings."""
+    """Measure ``models`` with the same settings: speed round-robin in one child process, memory one by one."""
     unknown = [m for m in models if not m.startswith(OFFICIAL_PREFIX) and m not in timm.list_models()]
     if unknown:
         raise ValueError(f"unknown model(s): {', '.join(unknown)}")
@@ -162,17 +225,12 @@ def benchmark(models: list[str], cfg: BenchConfig) -> list[BenchResult]:
         raise ValueError(f"mode must be 'infer' or 'train', got {cfg.mode!r}")
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
-    ctx = mp.get_context("spawn")
+    timings = _in_child(_time_round_robin, models, cfg)
     results = []
-    for name in models:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(name, cfg, queue))
-        proc.start()
-        result = queue.get()
-        proc.join()
-        if isinstance(result, Exception):
-            raise result
-        results.append(result)
+    for name, (params, macs, latency) in zip(models, timings):
+        peak = _in_child(_peak_memory_mb, name, cfg)
+        results.append(BenchResult(name, params / 1e6, macs / 1e9, cfg.batch_size / latency, latency * 1000, peak,
+                                   top1_of(name), asdict(cfg)))
     return results
 
 

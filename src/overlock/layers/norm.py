@@ -28,9 +28,12 @@ class GRN(nn.Module):
 
     def channel_scale(self, x: Tensor) -> Tensor:
         """The per-sample, per-channel factor (B, C, 1, 1) that GRN multiplies ``x`` by before adding beta."""
-        if isinstance(x, Tensor) and not (torch.is_grad_enabled() and x.requires_grad):
-            spatial_norm = x.square().sum(dim=(-1, -2), keepdim=True).sqrt()  # 2.5x faster on NHWC CPU maps
-        else:  # under autograd (vector_norm's gradient is safe at a zero norm) or an fx trace
+        if isinstance(x, Tensor) and x.dtype in (torch.float32, torch.float64):
+            # 2.5-4x faster than vector_norm on NHWC CPU maps; the clamp at the smallest normal number keeps
+            # the gradient finite (zero) at a zero norm, as vector_norm's, and changes no other value
+            squares = x.square().sum(dim=(-1, -2), keepdim=True)
+            spatial_norm = squares.clamp_min(torch.finfo(x.dtype).tiny).sqrt()
+        else:  # half precision (where the clamp would show) or an fx trace
             spatial_norm = torch.linalg.vector_norm(x, ord=2, dim=(-1, -2), keepdim=True)
         relative = spatial_norm / (spatial_norm.mean(dim=1, keepdim=True) + 1e-6)
         return self.gamma * relative + 1

@@ -1,4 +1,4 @@
-"""CPU kernels of the neighbourhood weighted sum: one row of queries at a time as a banded matmul.
+"""CPU kernels of the neighbourhood weighted sum: a row of queries at a time as a banded matmul.
 
 All queries of map row ``i`` share the same window rows ``s_i .. s_i + K - 1``, and those K rows of a
 (H*W, C) value matrix are one contiguous block of ``K * W`` rows: a view, never a copy. Scattering the
@@ -9,11 +9,14 @@ row into one batched matmul over the B*G maps::
     grad_D_i     = grad_out[i] @ V[block].T   -> grad_attn[i]      read back at the band positions
     grad_V[block] += D_i.T @ grad_out[i]
 
-The band positions depend only on the column, so the (W, K*W) buffer is zeroed once per call and only
-its band is rewritten for each row (through three strided views: left border, interior, right border).
-Memory stays bounded by that buffer (B*G*W*K*W elements) and one copy of the inputs; the matmuls do
-W/K times the arithmetic of a direct sum, which BLAS more than pays back against K^2 passes over
-memory (see ``benchmarks/contmix_kernel.py``). Half-precision inputs are computed in float32.
+The band positions depend only on the column, so the band buffer is zeroed once per call and only its
+band is rewritten (through three strided views: left border, interior, right border). On small maps the
+rows that share a window start (the border rows: K//2 + 1 of them at each end of the map) go through one
+matmul together, from a buffer of K//2 + 1 rows filled by three copies, so a 14x14 map with K = 13 takes
+2 matmuls, not 14. Memory stays bounded by that buffer (at most the size of the weights) and one copy of
+the inputs; the matmuls do W/K times the arithmetic of a direct sum, which BLAS more than pays back
+against K^2 passes over memory (see ``benchmarks/contmix_kernel.py``). Half-precision inputs are computed
+in float32.
 """
 from __future__ import annotations
 
@@ -37,14 +40,14 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _band_views(matrix: Tensor, width: int, kernel_size: int) -> list[tuple[Tensor, slice]]:
-    """Views (N, cols, K, K) of a (N, W, K*W) buffer at ``[j, a*W + s_j + b]``, with their query columns.
+    """Views (N, R, cols, K, K) of a (N, R, W, K*W) buffer at ``[r, j, a*W + s_j + b]``, with their query columns.
 
     ``s_j`` is 0 on the left border, ``j - K//2`` inside and ``W - K`` on the right border, so each of the
     three column ranges is a plain strided view of the buffer.
     """
     k, half = kernel_size, kernel_size // 2
     row = k * width  # elements of one query's row in the buffer
-    flat = matrix.stride(0)
+    flat, per_map_row = matrix.stride(0), matrix.stride(1)
     regions = (
         (slice(0, half), (row, width, 1), 0),
         (slice(half, width - half), (row + 1, width, 1), half * row),
@@ -54,9 +57,47 @@ def _band_views(matrix: Tensor, width: int, kernel_size: int) -> list[tuple[Tens
     for cols, strides, offset in regions:
         count = cols.stop - cols.start
         if count > 0:
-            view = matrix.as_strided((matrix.shape[0], count, k, k), (flat, *strides), matrix.storage_offset() + offset)
+            shape = (matrix.shape[0], matrix.shape[1], count, k, k)
+            view = matrix.as_strided(shape, (flat, per_map_row, *strides), matrix.storage_offset() + offset)
             views.append((view, cols))
     return views
+
+
+def _row_chunks(height: int, width: int, kernel_size: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+    """Chunks ``(first, stop, runs)`` of map rows; ``runs`` are ``(first, stop, window start)`` of rows sharing a start.
+
+    Small maps (H <= 2K), where most rows are border rows sharing a window start, go K//2 + 1 rows at a time
+    when that buffer is no larger than the weights; other maps one row at a time (a cache-sized buffer).
+    """
+    chunk = kernel_size // 2 + 1
+    if height > 2 * kernel_size or chunk * width > height * kernel_size:
+        chunk = 1
+    starts = window_starts(height, kernel_size).tolist()
+    chunks = []
+    for first in range(0, height, chunk):
+        stop = min(first + chunk, height)
+        runs: list[tuple[int, int, int]] = []
+        for i in range(first, stop):
+            if runs and runs[-1][2] == starts[i]:
+                runs[-1] = (runs[-1][0], i + 1, starts[i])
+            else:
+                runs.append((i, i + 1, starts[i]))
+        chunks.append((first, stop, runs))
+    return chunks
+
+
+def _fill_band(views: list[tuple[Tensor, slice]], weights: Tensor, first: int, stop: int) -> None:
+    """Write the weights of map rows ``first:stop`` (N, H, W, K, K) into the band buffer's leading rows."""
+    for view, cols in views:
+        rows = stop - first
+        (view if view.shape[1] == rows else view[:, :rows]).copy_(weights[:, first:stop, cols])
+
+
+def _band_rows(band: Tensor, first: int, count: int) -> Tensor:
+    """Rows ``first : first + count`` of the (N, R, W, K*W) band buffer as (N, count*W, K*W) matrices."""
+    if first == 0 and count == band.shape[1]:
+        return band.view(band.shape[0], -1, band.shape[-1])
+    return band[:, first : first + count].reshape(band.shape[0], -1, band.shape[-1])
 
 
 def av_forward(attn: Tensor, value: Tensor, kernel_size: int) -> Tensor:
@@ -71,12 +112,15 @@ def av_forward(attn: Tensor, value: Tensor, kernel_size: int) -> Tensor:
     weights = attn.to(dtype).reshape(b * g, h, w, k, k)
     out = empty_like_layout(value, dtype)
     out_rows = _as_matrices(out)  # a view: ``out`` is dense in its own layout
-    band = weights.new_zeros(b * g, w, k * w)
+    chunks = _row_chunks(h, w, k)
+    band = weights.new_zeros(b * g, chunks[0][1], w, k * w)
     views = _band_views(band, w, k)
-    for i, start in enumerate(window_starts(h, k).tolist()):
-        for view, cols in views:
-            view.copy_(weights[:, i, cols])
-        torch.bmm(band, values[:, start * w : (start + k) * w], out=out_rows[:, i * w : (i + 1) * w])
+    for first, stop, runs in chunks:
+        _fill_band(views, weights, first, stop)
+        for run_first, run_stop, start in runs:
+            rows = _band_rows(band, run_first - first, run_stop - run_first)
+            block = values[:, start * w : (start + k) * w]
+            torch.bmm(rows, block, out=out_rows[:, run_first * w : run_stop * w])
     return out.to(value.dtype)
 
 
@@ -94,22 +138,30 @@ def av_backward(grad_out: Tensor, attn: Tensor, value: Tensor, kernel_size: int)
     grad_attn = weights.new_empty(b * g, h, w, k, k)
     grad_value = empty_like_layout(value, dtype).zero_()
     grad_value_rows = _as_matrices(grad_value)
-    band = weights.new_zeros(b * g, w, k * w)
-    grad_band = torch.empty_like(band)  # only its band is read, and every entry is written by the matmul
-    # (B*G, K*W, C) product laid out like ``grad_value_rows``, so adding it in is a unit-stride pass
+    chunks = _row_chunks(h, w, k)
+    band = weights.new_zeros(b * g, chunks[0][1], w, k * w)
+    grad_buffer = torch.empty_like(band).view(-1)  # holds each run's (N, rows*W, K*W) product, contiguous
+    # (N, K*W, C) product laid out like ``grad_value_rows``, so adding it in is a unit-stride pass
     if is_planar(value):
         grad_block = weights.new_empty(b * g, c, k * w).transpose(1, 2)
     else:
         grad_block = weights.new_empty(b * g, k * w, c)
     views = _band_views(band, w, k)
-    grad_views = _band_views(grad_band, w, k)
-    for i, start in enumerate(window_starts(h, k).tolist()):
-        rows, block = slice(i * w, (i + 1) * w), slice(start * w, (start + k) * w)
-        for view, cols in views:
-            view.copy_(weights[:, i, cols])
-        torch.bmm(grads[:, rows], values[:, block].transpose(1, 2), out=grad_band)
-        for view, cols in grad_views:
-            grad_attn[:, i, cols] = view
-        torch.bmm(band.transpose(1, 2), grads[:, rows], out=grad_block)
-        grad_value_rows[:, block] += grad_block  # an in-place baddbmm on this strided view runs matrix by matrix
+    grad_views: dict[int, tuple[Tensor, list[tuple[Tensor, slice]]]] = {}  # by run length: product, its band
+    for first, stop, runs in chunks:
+        _fill_band(views, weights, first, stop)
+        for run_first, run_stop, start in runs:
+            count = run_stop - run_first
+            if count not in grad_views:
+                product = grad_buffer[: b * g * count * w * k * w].view(b * g, count, w, k * w)
+                grad_views[count] = product.view(b * g, -1, k * w), _band_views(product, w, k)
+            product, band_of_product = grad_views[count]
+            query_rows, block = slice(run_first * w, run_stop * w), slice(start * w, (start + k) * w)
+            grad_out_rows = grads[:, query_rows]
+            torch.bmm(grad_out_rows, values[:, block].transpose(1, 2), out=product)
+            for view, cols in band_of_product:  # only the band of the product is a gradient
+                grad_attn[:, run_first:run_stop, cols] = view
+            rows = _band_rows(band, run_first - first, run_stop - run_first)
+            torch.bmm(rows.transpose(1, 2), grad_out_rows, out=grad_block)
+            grad_value_rows[:, block] += grad_block  # an in-place baddbmm on this strided view runs matrix by matrix
     return grad_attn.view(attn.shape).to(attn.dtype), grad_value.to(value.dtype)

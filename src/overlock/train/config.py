@@ -72,7 +72,7 @@ PRESETS: dict[str, TrainConfig] = {
         model_kwargs=dict(kernel_sizes=(5, 5, 5, 5), sub_depths=(1, 1)),
         dataset="fashion_mnist",
         img_size=32,
-        epochs=3,
+        epochs=4,
         batch_size=256,
         lr=4e-3,
         min_lr=1e-5,
@@ -86,7 +86,7 @@ PRESETS: dict[str, TrainConfig] = {
         cutmix=0.0,
         label_smoothing=0.1,
         reprob=0.0,
-        workers=1,
+        workers=0,  # loading in the training process: a worker would compete with the two compute threads
         channels_last=True,
         output="runs/fashion_mnist",
     ),
