@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 COMMANDS: dict[str, str] = {
@@ -29,9 +28,6 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: spinning threads made CPU runs up to 30x slower on
-    # shared or oversubscribed machines (data-loader workers beside compute). Must precede importing torch.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
