@@ -174,3 +174,16 @@ def test_fine_tuning_from_a_run_checkpoint_with_new_classes(data, tmp_path):
     source = torch.load(best, weights_only=False)["model"]
     assert model.head[4].weight.shape[0] == 5
     torch.testing.assert_close(model.patch_embed1[0].weight, source["patch_embed1.0.weight"])
+
+
+def test_sync_batchnorm_only_where_pytorch_supports_it():
+    from torch import nn
+
+    from overlock.train.distributed import DistInfo, sync_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert sync_batchnorm(model, DistInfo()) is model  # one process: nothing to synchronise
+    with pytest.raises(ValueError, match="--sync-bn needs GPUs"):
+        sync_batchnorm(model, DistInfo(rank=0, world_size=2))
+    converted = sync_batchnorm(model, DistInfo(rank=0, world_size=2, device=torch.device("cuda", 0)))
+    assert isinstance(converted[1], nn.SyncBatchNorm) and not isinstance(converted[0], nn.SyncBatchNorm)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,19 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def sync_batchnorm(model: nn.Module, info: DistInfo) -> nn.Module:
+    """``model`` with its BatchNorms synchronised across the processes (unchanged in a single process).
+
+    PyTorch's SyncBatchNorm runs on GPUs only, so several CPU processes get a clear error instead of a
+    failure at the first forward pass.
+    """
+    if not info.enabled:
+        return model
+    if info.device.type not in ("cuda", "xpu"):
+        raise ValueError(
+            f"--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on {info.device.type} tensors; "
+            "drop --sync-bn for CPU runs"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

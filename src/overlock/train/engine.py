@@ -35,7 +35,7 @@ from ..data import FashionMNIST, FashionMNISTTransform, ImageFolderDataset, coll
 from ..data.seeded import SeededDataset, mix_seed
 from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic
 from .config import TrainConfig
-from .distributed import all_reduce_sum, init_distributed
+from .distributed import all_reduce_sum, init_distributed, sync_batchnorm
 from .evaluate import evaluate
 from .loss import overlock_loss
 from .sampler import EpochSampler
@@ -214,8 +214,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         train_set.transform, val_set.transform = folder_transforms(cfg, model)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(cfg.grad_checkpointing)
-    if cfg.sync_bn and info.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.sync_bn:
+        model = sync_batchnorm(model, info)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(info.device, memory_format=memory_format)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
