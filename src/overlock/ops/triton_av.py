@@ -80,12 +80,24 @@ def _window_start(pos, length, K: tl.constexpr):
 
 
 @_jit
-def _tile_positions(tile, tiles_w, height, width, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
-    """Row, column and in-map mask of the TILE_H x TILE_W positions of tile number ``tile`` (row-major)."""
+def _program_tile(groups, height, width, tiles_w, tiles_per_map, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """This program's batch and group (int64), and the row, column and in-map mask of its TILE_H x TILE_W
+    positions: programs run over (batch, group, tile), the tiles of a map in row-major order."""
+    pid = tl.program_id(0)
+    bg = pid // tiles_per_map
+    tile = pid % tiles_per_map
     offs = tl.arange(0, TILE_H * TILE_W)
     row = (tile // tiles_w) * TILE_H + offs // TILE_W
     col = (tile % tiles_w) * TILE_W + offs % TILE_W
-    return row, col, (row < height) & (col < width)
+    return (bg // groups).to(tl.int64), (bg % groups).to(tl.int64), row, col, (row < height) & (col < width)
+
+
+@_jit
+def _query_windows(i, j, q_mask, height, width, channels, K: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Window start row and column of each query, the channel offsets, and the (query, channel) mask."""
+    c = tl.arange(0, BLOCK_C)
+    mask = q_mask[:, None] & (c < channels)[None, :]
+    return _window_start(i, height, K), _window_start(j, width, K), c, mask
 
 
 @_jit
@@ -98,15 +110,8 @@ def _forward_kernel(
     K: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[q, :] = sum_n attn[q, n] * value[neighbour n of q, :] for one tile of queries."""
-    pid = tl.program_id(0)
-    bg = pid // tiles_per_map
-    b = (bg // groups).to(tl.int64)
-    g = (bg % groups).to(tl.int64)
-    i, j, q_mask = _tile_positions(pid % tiles_per_map, tiles_w, height, width, TILE_H, TILE_W)
-    si = _window_start(i, height, K)
-    sj = _window_start(j, width, K)
-    c = tl.arange(0, BLOCK_C)
-    mask = q_mask[:, None] & (c < channels)[None, :]
+    b, g, i, j, q_mask = _program_tile(groups, height, width, tiles_w, tiles_per_map, TILE_H, TILE_W)
+    si, sj, c, mask = _query_windows(i, j, q_mask, height, width, channels, K, BLOCK_C)
 
     # windows are clamped into the map, so only the tile's padding (q_mask) and channels need masking
     attn_q = attn_ptr + b * sa_b + g * sa_g + i * sa_h + j * sa_w  # weight of neighbour n, advanced along n
@@ -136,15 +141,8 @@ def _grad_attn_kernel(
     K: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """grad_attn[q, n] = <grad_out[q, :], value[neighbour n of q, :]> for one tile of queries."""
-    pid = tl.program_id(0)
-    bg = pid // tiles_per_map
-    b = (bg // groups).to(tl.int64)
-    g = (bg % groups).to(tl.int64)
-    i, j, q_mask = _tile_positions(pid % tiles_per_map, tiles_w, height, width, TILE_H, TILE_W)
-    si = _window_start(i, height, K)
-    sj = _window_start(j, width, K)
-    c = tl.arange(0, BLOCK_C)
-    mask = q_mask[:, None] & (c < channels)[None, :]
+    b, g, i, j, q_mask = _program_tile(groups, height, width, tiles_w, tiles_per_map, TILE_H, TILE_W)
+    si, sj, c, mask = _query_windows(i, j, q_mask, height, width, channels, K, BLOCK_C)
 
     grad_out = grad_out_ptr + b * sd_b + g * sd_g + (i * sd_h + j * sd_w)[:, None] + c[None, :] * sd_c
     go = tl.load(grad_out, mask=mask, other=0.0).to(tl.float32)
@@ -185,11 +183,7 @@ def _grad_value_kernel(
     K: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """grad_value[k, :] = sum over queries q whose window holds k of attn[q, n(q -> k)] * grad_out[q, :]."""
-    pid = tl.program_id(0)
-    bg = pid // tiles_per_map
-    b = (bg // groups).to(tl.int64)
-    g = (bg % groups).to(tl.int64)
-    y, x, k_mask = _tile_positions(pid % tiles_per_map, tiles_w, height, width, TILE_H, TILE_W)
+    b, g, y, x, k_mask = _program_tile(groups, height, width, tiles_w, tiles_per_map, TILE_H, TILE_W)
     first_i, count_i = _query_range(y, height, K)
     first_j, count_j = _query_range(x, width, K)
     # loop bounds: the longest query range in this tile (K for tiles away from the borders)
