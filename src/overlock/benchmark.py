@@ -104,14 +104,15 @@ class _Prepared:
     macs: int
 
 
-def _prepare(name: str, cfg: BenchConfig) -> _Prepared:
-    """``name`` built and ready to step; errors, while building or stepping, name the model."""
+def _prepare(name: str, cfg: BenchConfig, count: bool = True) -> _Prepared:
+    """``name`` built and ready to step (its size counted unless ``count`` is False, then 0); errors, while
+    building or stepping, name the model."""
 
     def named(exc: Exception) -> RuntimeError:
         return RuntimeError(f"{name}: {type(exc).__name__}: {exc}")
 
     try:
-        prepared = _prepare_model(name, cfg)
+        prepared = _prepare_model(name, cfg, count)
     except Exception as exc:
         raise named(exc) from exc
     step = prepared.step
@@ -126,13 +127,13 @@ def _prepare(name: str, cfg: BenchConfig) -> _Prepared:
     return prepared
 
 
-def _prepare_model(name: str, cfg: BenchConfig) -> _Prepared:
+def _prepare_model(name: str, cfg: BenchConfig, count: bool) -> _Prepared:
     device = torch.device(cfg.device)
     model = _build(name, cfg)
     if cfg.mode == "infer":
         model.eval()
-    params = count_params(model)
-    macs = count_macs(model, (3, cfg.img_size, cfg.img_size))
+    params = count_params(model) if count else 0
+    macs = count_macs(model, (3, cfg.img_size, cfg.img_size)) if count else 0
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device).to(memory_format=memory_format)
@@ -182,7 +183,7 @@ def _peak_memory_mb(name: str, cfg: BenchConfig) -> float:
     """Peak memory (MiB) of a process that builds ``name`` and runs a few steps of it."""
     _set_threads(cfg)
     device = torch.device(cfg.device)
-    prepared = _prepare(name, cfg)
+    prepared = _prepare(name, cfg, count=False)  # sizes come from the timing process
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(min(cfg.warmup, 1) + 1):

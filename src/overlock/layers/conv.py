@@ -52,9 +52,14 @@ class DepthwiseConv2d(nn.Conv2d):
         return depthwise_conv2d(x, self.weight, self.bias, self.padding[0], self.dilation[0])
 
 
+def bn_scale(bn: nn.BatchNorm2d) -> Tensor:
+    """Per-channel factor of an eval-mode BatchNorm: weight / sqrt(running_var + eps)."""
+    return bn.weight / (bn.running_var + bn.eps).sqrt()
+
+
 def fuse_conv_bn(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Fold an eval-mode BatchNorm into the preceding conv's weight and bias."""
-    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    scale = bn_scale(bn)
     conv_bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
     return weight * scale.reshape(-1, 1, 1, 1), bn.bias + (conv_bias - bn.running_mean) * scale
 

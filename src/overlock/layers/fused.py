@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conv import DilatedRepConv, ResDWConv, fuse_conv_bn
+from .conv import DilatedRepConv, ResDWConv, bn_scale, fuse_conv_bn
 
 # oneDNN's convolution with a fused element-wise post-op (what TorchInductor's CPU backend emits)
 _ONEDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -27,7 +27,7 @@ _ONEDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.m
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Scale and shift of an eval-mode BatchNorm."""
-    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    scale = bn_scale(bn)
     return scale, bn.bias - bn.running_mean * scale
 
 

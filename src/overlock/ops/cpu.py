@@ -88,8 +88,8 @@ def _row_chunks(height: int, width: int, kernel_size: int) -> list[tuple[int, in
 
 def _fill_band(views: list[tuple[Tensor, slice]], weights: Tensor, first: int, stop: int) -> None:
     """Write the weights of map rows ``first:stop`` (N, H, W, K, K) into the band buffer's leading rows."""
+    rows = stop - first
     for view, cols in views:
-        rows = stop - first
         (view if view.shape[1] == rows else view[:, :rows]).copy_(weights[:, first:stop, cols])
 
 
