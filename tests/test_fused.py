@@ -108,3 +108,39 @@ def test_grn_gradient_is_finite_at_a_zero_channel():
     x.requires_grad_()
     grn(x).sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(grn.gamma.grad).all()
+
+
+def test_grn_and_se_rescale_intermediates_in_place(monkeypatch):
+    """In inference, GRN and SE overwrite maps made inside the sequence, never the caller's input."""
+    from overlock.layers.norm import GRN
+    from overlock.layers.se import SEModule
+
+    calls = []
+    for cls in (GRN, SEModule):
+        method = cls.rescale_
+        monkeypatch.setattr(cls, "rescale_", lambda self, x, method=method: calls.append(self) or method(self, x))
+    torch.manual_seed(0)
+    grn, se = GRN(16), SEModule(16)
+    with torch.no_grad():
+        grn.gamma.normal_(), grn.beta.normal_()
+    plain, fused = _pair(nn.Conv2d(8, 16, 1), se, grn, nn.Conv2d(16, 8, 1))
+    x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    expected = plain.eval()(x)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x), expected)
+    assert calls == [se, grn]
+
+    calls.clear()
+    source = torch.randn(2, 16, 5, 6)
+    before = source.clone()
+    with torch.no_grad():  # the first layer sees the caller's tensor, an identity passes it on
+        out = FusedSequential(grn, nn.Identity(), se)(source)
+        out2 = FusedSequential(nn.Identity(), grn)(source)
+    torch.testing.assert_close(source, before)
+    torch.testing.assert_close(out, se(grn(before)))
+    torch.testing.assert_close(out2, grn(before))
+    assert calls == [se]  # se got GRN's fresh output; nothing else was rescaled in place
+
+    calls.clear()
+    fused.train()(x.requires_grad_()).sum().backward()  # training keeps the out-of-place forward
+    assert not calls and x.grad is not None

@@ -14,7 +14,7 @@ from timm.layers import DropPath, register_notrace_module
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import contmix_apply
+from ..ops import LowRankLogits, contmix_apply
 from .conv import DilatedRepConv, ResDWConv
 from .fused import FusedSequential
 from .norm import GRN, LayerNorm2d
@@ -132,7 +132,7 @@ class ContMixMixer(nn.Module):
         key_proj = key @ self.weight_proj.weight.flatten(1).t()  # (B, G, c, k^2 + K^2)
         sizes = [self.smk_size**2, self.kernel_size**2]
         small, large = (
-            (query @ part).add_(bias).view(batch, groups, height, width, -1)
+            LowRankLogits(query, part, bias)
             for part, bias in zip(key_proj.split(sizes, dim=-1), self.weight_proj.bias.split(sizes))
         )
         v_small, v_large = value.reshape(batch, 2, groups, dim // (2 * groups), height, width).permute(

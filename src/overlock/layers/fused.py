@@ -5,7 +5,9 @@ Two fusions, each exact up to float rounding, chosen per call from the layers an
 - eval-mode BatchNorm folded into the adjacent convolution (``BN(conv(x))`` and ``conv1x1(BN(x))`` are one
   convolution with a rescaled weight and a shifted bias): saves a pass over the map per BatchNorm;
 - inference on CPUs: a convolution followed by an exact GELU runs as one oneDNN convolution with a GELU
-  post-op: saves a pass and a map-sized allocation.
+  post-op: saves a pass and a map-sized allocation;
+- inference: GRN and SE rescale a map made inside the sequence in place, which saves a map-sized
+  allocation (on large maps, fresh pages cost about as much as the pass itself).
 
 Folding works on weight-sized tensors only, so parameters and state-dict keys stay exactly the official
 ones. Training mode, or anything that needs gradients, runs the layers as they are (BatchNorm folding
@@ -20,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import DilatedRepConv, ResDWConv, bn_scale, fuse_conv_bn
+from .norm import GRN
+from .se import SEModule
 
 # oneDNN's convolution with a fused element-wise post-op (what TorchInductor's CPU backend emits)
 _ONEDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -83,9 +87,15 @@ def _conv_gelu(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) 
     )
 
 
+def _made_here(x: Tensor, source: Tensor) -> bool:
+    """True when ``x`` shares no memory with ``source`` (the sequence's input, which the caller may still use)."""
+    return x.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
+
+
 def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> Tensor:
     """Apply ``layers`` in order, fusing neighbours where the module docstring says it pays."""
     layers = list(layers)
+    source = x
     i = 0
     while i < len(layers):
         layer = layers[i]
@@ -113,6 +123,9 @@ def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> T
                 bias = bias + nxt.bias
             x = F.conv2d(x, weight, bias)
             i += 2
+        elif isinstance(layer, (GRN, SEModule)) and _inference(x, *layer.parameters()) and _made_here(x, source):
+            x = layer.rescale_(x)
+            i += 1
         else:
             x = layer(x)
             i += 1

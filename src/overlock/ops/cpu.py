@@ -17,6 +17,11 @@ matmul together, from a buffer of K//2 + 1 rows filled by three copies, so a 14x
 the inputs; the matmuls do W/K times the arithmetic of a direct sum, which BLAS more than pays back
 against K^2 passes over memory (see ``benchmarks/contmix_kernel.py``). Half-precision inputs are computed
 in float32.
+
+For inference, ``softmax_av_forward`` starts one step earlier, from the logits (or their factors
+``query @ key``) and the bias: a block of images and rows at a time, the logits, their softmax, the band
+and the matmuls all stay in a core's cache, so the kernel weights are never written to memory and read
+back (in the unfused order: up to four passes over a tensor K^2 times the size of a value group).
 """
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ from torch import Tensor
 
 from .layout import empty_like_layout, is_planar
 from .reference import window_starts
+
+# kernel weights computed at once by ``softmax_av_forward`` (floats): 1 MiB in float32, so that a block's
+# logits, softmax and band buffer stay in a core's cache between the steps
+WEIGHTS_PER_BLOCK = 1 << 18
 
 
 def _as_matrices(x: Tensor) -> Tensor:
@@ -165,3 +174,61 @@ def av_backward(grad_out: Tensor, attn: Tensor, value: Tensor, kernel_size: int)
             torch.bmm(rows.transpose(1, 2), grad_out_rows, out=grad_block)
             grad_value_rows[:, block] += grad_block  # an in-place baddbmm on this strided view runs matrix by matrix
     return grad_attn.view(attn.shape).to(attn.dtype), grad_value.to(value.dtype)
+
+
+def _weight_blocks(batch: int, height: int, row_size: int, chunks: list) -> tuple[int, list[list]]:
+    """Images per block, and the row chunks of each block, for blocks of about ``WEIGHTS_PER_BLOCK`` weights.
+
+    ``row_size`` is the number of weights of one map row of one image. Whole maps go together when a map fits;
+    otherwise one image at a time, in runs of consecutive row chunks (at least one chunk each).
+    """
+    images = max(1, min(batch, WEIGHTS_PER_BLOCK // (height * row_size)))
+    if images > 1 or height * row_size <= WEIGHTS_PER_BLOCK:
+        return images, [chunks]
+    blocks: list[list] = [[]]
+    for chunk in chunks:
+        first = blocks[-1][0][0] if blocks[-1] else chunk[0]
+        if blocks[-1] and (chunk[1] - first) * row_size > WEIGHTS_PER_BLOCK:
+            blocks.append([])
+        blocks[-1].append(chunk)
+    return 1, blocks
+
+
+def softmax_av_forward(
+    logits: Tensor | None, query: Tensor | None, key: Tensor | None, bias: Tensor, value: Tensor, kernel_size: int
+) -> Tensor:
+    """``av_forward(softmax(logits + bias), value)`` computed a cache-sized block at a time (inference only).
+
+    The logits are given either as a (B, G, H*W, K*K) tensor or as factors ``query @ key``: query
+    (B, G, H*W, c) and key (B, G, c, K*K) (then ``logits`` is None). bias is (G or 1, H*W, K*K), value
+    (B, G, H, W, C); one dtype, float32 or float64. Returns (B, G, H, W, C) in the channel layout of ``value``.
+    """
+    b, g, h, w, c = value.shape
+    k = kernel_size
+    values = _as_matrices(value)
+    out = empty_like_layout(value)
+    out_rows = _as_matrices(out)
+    chunks = _row_chunks(h, w, k)
+    images, blocks = _weight_blocks(b, h, g * w * k * k, chunks)
+    band = value.new_zeros(images * g, chunks[0][1], w, k * w)
+    for first_image in range(0, b, images):
+        batch = slice(first_image, min(first_image + images, b))
+        maps = slice(batch.start * g, batch.stop * g)
+        maps_band = band[: maps.stop - maps.start]
+        views = _band_views(maps_band, w, k)
+        for block in blocks:
+            top, bottom = block[0][0], block[-1][1]
+            queries = slice(top * w, bottom * w)
+            if logits is None:
+                block_logits = torch.matmul(query[batch, :, queries], key[batch])  # (images, G, rows*W, K*K)
+                block_logits += bias[:, queries]
+            else:
+                block_logits = logits[batch, :, queries] + bias[:, queries]
+            weights = torch.softmax(block_logits, dim=-1).view(-1, bottom - top, w, k, k)
+            for first, stop, runs in block:
+                _fill_band(views, weights, first - top, stop - top)
+                for run_first, run_stop, start in runs:
+                    rows = _band_rows(maps_band, run_first - first, run_stop - run_first)
+                    block_values = values[maps, start * w : (start + k) * w]
+                    torch.bmm(rows, block_values, out=out_rows[maps, run_first * w : run_stop * w])
+    return out

@@ -1,4 +1,5 @@
-"""The neighbourhood weighted sum as PyTorch custom ops (``overlock::neighbourhood_av`` and its backward).
+"""The neighbourhood weighted sum as PyTorch custom ops (``overlock::neighbourhood_av`` and its backward, and
+the CPU inference fusion ``overlock::softmax_av_cpu``).
 
 Registered with fake (meta) implementations and an autograd formula, so ``torch.compile(fullgraph=True)``
 treats the kernel application as one opaque node whatever backend runs it, instead of tracing (and
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import cpu
 from .backends import BACKENDS
 from .layout import empty_like_layout, in_layout_of
 
@@ -54,3 +56,19 @@ def _backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None]:
 
 
 neighbourhood_av.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("overlock::softmax_av_cpu", mutates_args=())
+def softmax_av_cpu(
+    logits: Tensor | None, query: Tensor | None, key: Tensor | None, bias: Tensor, value: Tensor, kernel_size: int
+) -> Tensor:
+    """Inference only (no autograd): ``neighbourhood_av(softmax(logits + bias), value)`` on CPUs, with the logits
+    given or as ``query @ key``, a cache-sized block at a time (see ``cpu.softmax_av_forward``)."""
+    return in_layout_of(cpu.softmax_av_forward(logits, query, key, bias, value, kernel_size), value)
+
+
+@softmax_av_cpu.register_fake
+def _(
+    logits: Tensor | None, query: Tensor | None, key: Tensor | None, bias: Tensor, value: Tensor, kernel_size: int
+) -> Tensor:
+    return empty_like_layout(value)

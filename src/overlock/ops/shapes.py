@@ -4,6 +4,14 @@ from __future__ import annotations
 from torch import Tensor
 
 
+def check_window(kernel_size: int, height: int, width: int) -> None:
+    """Clear errors for a kernel size that is not odd or does not fit an H x W map."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+    if min(height, width) < kernel_size:
+        raise ValueError(f"map {height}x{width} is smaller than kernel_size {kernel_size}")
+
+
 def check_kernel_inputs(weights: Tensor, value: Tensor, kernel_size: int, weights_name: str = "logits") -> None:
     """Clear errors for (B, G, H, W, K*K) kernel weights and (B, G, H, W, C) values that do not fit."""
     if kernel_size < 1 or kernel_size % 2 == 0:
@@ -18,6 +26,4 @@ def check_kernel_inputs(weights: Tensor, value: Tensor, kernel_size: int, weight
             f"shape of {weights_name} {tuple(weights.shape)} does not match value {tuple(value.shape)} "
             f"with kernel_size {kernel_size} (last dim must be {kernel_size ** 2})"
         )
-    height, width = value.shape[2], value.shape[3]
-    if min(height, width) < kernel_size:
-        raise ValueError(f"map {height}x{width} is smaller than kernel_size {kernel_size}")
+    check_window(kernel_size, value.shape[2], value.shape[3])
