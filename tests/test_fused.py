@@ -56,8 +56,8 @@ def test_training_mode_runs_layers_unchanged():
     assert not torch.equal(folding[1].running_mean, before)  # batch statistics were used and tracked
 
 
-def test_conv_bn_gelu_runs_as_one_onednn_call_in_cpu_inference(monkeypatch):
-    """conv (-> BN) -> GELU in inference becomes one oneDNN conv with a GELU post-op, same outputs; with
+def test_conv_bn_activation_runs_as_one_onednn_call_in_cpu_inference(monkeypatch):
+    """conv (-> BN) -> GELU or SiLU in inference becomes one oneDNN conv with that post-op, same outputs; with
     gradients needed the layers run as they are."""
     from overlock.layers import fused
     from overlock.layers.conv import ResDWConv
@@ -67,16 +67,17 @@ def test_conv_bn_gelu_runs_as_one_onednn_call_in_cpu_inference(monkeypatch):
     plain, folding = _pair(
         nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.GELU(),  # conv -> BN -> GELU
         ResDWConv(8, 3), nn.GELU(),  # residual depthwise conv -> GELU: its identity must be kept
+        nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU(),  # the gate of the ContMix blocks
         nn.Conv2d(8, 4, 1), nn.GELU(approximate="tanh"),  # not the exact GELU: not fused
     )
     plain.eval(), folding.eval()
     calls = []
-    real = fused._conv_gelu
-    monkeypatch.setattr(fused, "_conv_gelu", lambda *args: calls.append(1) or real(*args))
+    real = fused._conv_activation
+    monkeypatch.setattr(fused, "_conv_activation", lambda *args: calls.append(args[-1]) or real(*args))
     for x in (torch.randn(2, 6, 15, 13), torch.randn(2, 6, 15, 13).to(memory_format=torch.channels_last)):
         with torch.no_grad():
             torch.testing.assert_close(folding(x), plain(x), rtol=1e-5, atol=1e-5)
-        assert len(calls) == 2
+        assert calls == ["gelu", "gelu", "swish"]
         calls.clear()
         out = folding(x)  # parameters need gradients: unfused, and differentiable
         assert not calls and out.requires_grad

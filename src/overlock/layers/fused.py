@@ -4,8 +4,8 @@ Two fusions, each exact up to float rounding, chosen per call from the layers an
 
 - eval-mode BatchNorm folded into the adjacent convolution (``BN(conv(x))`` and ``conv1x1(BN(x))`` are one
   convolution with a rescaled weight and a shifted bias): saves a pass over the map per BatchNorm;
-- inference on CPUs: a convolution followed by an exact GELU runs as one oneDNN convolution with a GELU
-  post-op: saves a pass and a map-sized allocation;
+- inference on CPUs: a convolution followed by an exact GELU or a SiLU runs as one oneDNN convolution with
+  that post-op: saves a pass and a map-sized allocation;
 - inference: GRN and SE rescale a map made inside the sequence in place, which saves a map-sized
   allocation (on large maps, fresh pages cost about as much as the pass itself).
 
@@ -57,8 +57,13 @@ def _is_pointwise(m: nn.Module | None) -> bool:
         and m.stride == (1, 1)
 
 
-def _is_exact_gelu(m: nn.Module | None) -> bool:
-    return isinstance(m, nn.GELU) and m.approximate == "none"
+def _post_op(m: nn.Module | None) -> str | None:
+    """oneDNN's name of the activation ``m`` when it computes it exactly (the exact GELU, SiLU), else None."""
+    if isinstance(m, nn.GELU) and m.approximate == "none":
+        return "gelu"
+    if isinstance(m, nn.SiLU):
+        return "swish"
+    return None
 
 
 def _inference(x: Tensor, *params: Tensor | None) -> bool:
@@ -70,7 +75,7 @@ def _inference(x: Tensor, *params: Tensor | None) -> bool:
     return not x.requires_grad and not any(p is not None and p.requires_grad for p in params)
 
 
-def _onednn_gelu_ok(x: Tensor, conv: nn.Conv2d) -> bool:
+def _onednn_post_op_ok(x: Tensor, conv: nn.Conv2d) -> bool:
     return (
         _ONEDNN_POINTWISE
         and _inference(x, conv.weight, conv.bias)
@@ -80,10 +85,10 @@ def _onednn_gelu_ok(x: Tensor, conv: nn.Conv2d) -> bool:
     )
 
 
-def _conv_gelu(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """GELU of ``conv``'s geometry with ``weight`` and ``bias``, as one oneDNN convolution with a GELU post-op."""
+def _conv_activation(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, post_op: str) -> Tensor:
+    """``conv``'s geometry with ``weight`` and ``bias``, then the activation ``post_op``, as one oneDNN call."""
     return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
+        x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, post_op, [], "none"
     )
 
 
@@ -106,9 +111,9 @@ def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> T
             if _foldable(nxt):  # conv -> BN
                 weight, bias = fuse_conv_bn(_effective_weight(conv), conv.bias, nxt)
                 used = 2
-            after = layers[i + used] if i + used < len(layers) else None
-            if _is_exact_gelu(after) and _onednn_gelu_ok(x, conv):  # conv (-> BN) -> GELU
-                x = _conv_gelu(x, conv, _effective_weight(conv) if weight is None else weight, bias)
+            post_op = _post_op(layers[i + used] if i + used < len(layers) else None)
+            if post_op is not None and _onednn_post_op_ok(x, conv):  # conv (-> BN) -> GELU or SiLU
+                x = _conv_activation(x, conv, _effective_weight(conv) if weight is None else weight, bias, post_op)
                 used += 1
             elif weight is not None:
                 x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
