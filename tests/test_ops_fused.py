@@ -24,8 +24,8 @@ SHAPES = [  # (B, G, H, W, C, K, c): c channels of query and key
     (2, 1, 12, 104, 3, 11, 6),  # more than 100 columns
     (1, 1, 17, 17, 2, 17, 3),
 ]
-# weights a block: one row chunk of one image at a time, a few images at a time, the default
-BUDGETS = [1, 5_000, cpu.WEIGHTS_PER_BLOCK]
+# band buffer of a block: one row of one image at a time, a few rows or images at a time, the default
+BUDGETS = [1, 5_000, 20_000, cpu.BAND_PER_BLOCK]
 
 
 def _inputs(b, g, h, w, c, k, q, layout="planar", dtype=torch.float64, seed=0):
@@ -60,7 +60,7 @@ def fused_calls(monkeypatch):
 @pytest.mark.parametrize("budget", BUDGETS)
 @pytest.mark.parametrize("layout", ["planar", "channels_last"])
 def test_fused_matches_reference(shape, budget, layout, monkeypatch, fused_calls):
-    monkeypatch.setattr(cpu, "WEIGHTS_PER_BLOCK", budget)
+    monkeypatch.setattr(cpu, "BAND_PER_BLOCK", budget)
     b, g, h, w, c, k, q = shape
     logits, value, rpb = _inputs(*shape, layout=layout)
     dense = logits.dense(h, w)

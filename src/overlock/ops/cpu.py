@@ -31,9 +31,9 @@ from torch import Tensor
 from .layout import empty_like_layout, is_planar
 from .reference import window_starts
 
-# kernel weights computed at once by ``softmax_av_forward`` (floats): 1 MiB in float32, so that a block's
-# logits, softmax and band buffer stay in a core's cache between the steps
-WEIGHTS_PER_BLOCK = 1 << 18
+# band buffer of one block of ``softmax_av_forward`` (floats; 2 MiB in float32): the block's logits and weights
+# (K/W of it) and its band stay in cache between the steps, and small maps take few, large steps
+BAND_PER_BLOCK = 1 << 19
 
 
 def _as_matrices(x: Tensor) -> Tensor:
@@ -82,17 +82,19 @@ def _row_chunks(height: int, width: int, kernel_size: int) -> list[tuple[int, in
     if height > 2 * kernel_size or chunk * width > height * kernel_size:
         chunk = 1
     starts = window_starts(height, kernel_size).tolist()
-    chunks = []
-    for first in range(0, height, chunk):
-        stop = min(first + chunk, height)
-        runs: list[tuple[int, int, int]] = []
-        for i in range(first, stop):
-            if runs and runs[-1][2] == starts[i]:
-                runs[-1] = (runs[-1][0], i + 1, starts[i])
-            else:
-                runs.append((i, i + 1, starts[i]))
-        chunks.append((first, stop, runs))
-    return chunks
+    return [(first, min(first + chunk, height), _runs(starts, first, min(first + chunk, height)))
+            for first in range(0, height, chunk)]
+
+
+def _runs(starts: list[int], first: int, stop: int) -> list[tuple[int, int, int]]:
+    """``(first, stop, window start)`` of the runs of rows ``first:stop`` that share a window start."""
+    runs: list[tuple[int, int, int]] = []
+    for i in range(first, stop):
+        if runs and runs[-1][2] == starts[i]:
+            runs[-1] = (runs[-1][0], i + 1, starts[i])
+        else:
+            runs.append((i, i + 1, starts[i]))
+    return runs
 
 
 def _fill_band(views: list[tuple[Tensor, slice]], weights: Tensor, first: int, stop: int) -> None:
@@ -129,7 +131,7 @@ def av_forward(attn: Tensor, value: Tensor, kernel_size: int) -> Tensor:
         for run_first, run_stop, start in runs:
             rows = _band_rows(band, run_first - first, run_stop - run_first)
             block = values[:, start * w : (start + k) * w]
-            torch.bmm(rows, block, out=out_rows[:, run_first * w : run_stop * w])
+            out_rows[:, run_first * w : run_stop * w].copy_(torch.bmm(rows, block))  # faster than a strided out=
     return out.to(value.dtype)
 
 
@@ -176,22 +178,13 @@ def av_backward(grad_out: Tensor, attn: Tensor, value: Tensor, kernel_size: int)
     return grad_attn.view(attn.shape).to(attn.dtype), grad_value.to(value.dtype)
 
 
-def _weight_blocks(batch: int, height: int, row_size: int, chunks: list) -> tuple[int, list[list]]:
-    """Images per block, and the row chunks of each block, for blocks of about ``WEIGHTS_PER_BLOCK`` weights.
-
-    ``row_size`` is the number of weights of one map row of one image. Whole maps go together when a map fits;
-    otherwise one image at a time, in runs of consecutive row chunks (at least one chunk each).
-    """
-    images = max(1, min(batch, WEIGHTS_PER_BLOCK // (height * row_size)))
-    if images > 1 or height * row_size <= WEIGHTS_PER_BLOCK:
-        return images, [chunks]
-    blocks: list[list] = [[]]
-    for chunk in chunks:
-        first = blocks[-1][0][0] if blocks[-1] else chunk[0]
-        if blocks[-1] and (chunk[1] - first) * row_size > WEIGHTS_PER_BLOCK:
-            blocks.append([])
-        blocks[-1].append(chunk)
-    return 1, blocks
+def _block_shape(batch: int, groups: int, height: int, width: int, kernel_size: int) -> tuple[int, int]:
+    """Images and map rows of a ``softmax_av_forward`` block: whole maps of as many images as keep the band
+    buffer within ``BAND_PER_BLOCK``, or as many rows of one image (at least one)."""
+    row_band = groups * width * kernel_size * width
+    rows = max(1, min(height, BAND_PER_BLOCK // row_band))
+    images = max(1, min(batch, BAND_PER_BLOCK // (height * row_band))) if rows == height else 1
+    return images, rows
 
 
 def softmax_av_forward(
@@ -208,16 +201,16 @@ def softmax_av_forward(
     values = _as_matrices(value)
     out = empty_like_layout(value)
     out_rows = _as_matrices(out)
-    chunks = _row_chunks(h, w, k)
-    images, blocks = _weight_blocks(b, h, g * w * k * k, chunks)
-    band = value.new_zeros(images * g, chunks[0][1], w, k * w)
+    starts = window_starts(h, k).tolist()
+    images, rows = _block_shape(b, g, h, w, k)
+    band = value.new_zeros(images * g, rows, w, k * w)
     for first_image in range(0, b, images):
         batch = slice(first_image, min(first_image + images, b))
         maps = slice(batch.start * g, batch.stop * g)
         maps_band = band[: maps.stop - maps.start]
         views = _band_views(maps_band, w, k)
-        for block in blocks:
-            top, bottom = block[0][0], block[-1][1]
+        for top in range(0, h, rows):
+            bottom = min(top + rows, h)
             queries = slice(top * w, bottom * w)
             if logits is None:
                 block_logits = torch.matmul(query[batch, :, queries], key[batch])  # (images, G, rows*W, K*K)
@@ -225,10 +218,9 @@ def softmax_av_forward(
             else:
                 block_logits = logits[batch, :, queries] + bias[:, queries]
             weights = torch.softmax(block_logits, dim=-1).view(-1, bottom - top, w, k, k)
-            for first, stop, runs in block:
-                _fill_band(views, weights, first - top, stop - top)
-                for run_first, run_stop, start in runs:
-                    rows = _band_rows(maps_band, run_first - first, run_stop - run_first)
-                    block_values = values[maps, start * w : (start + k) * w]
-                    torch.bmm(rows, block_values, out=out_rows[maps, run_first * w : run_stop * w])
+            _fill_band(views, weights, 0, bottom - top)
+            for run_first, run_stop, start in _runs(starts, top, bottom):
+                band_rows = _band_rows(maps_band, run_first - top, run_stop - run_first)
+                block_values = values[maps, start * w : (start + k) * w]
+                out_rows[maps, run_first * w : run_stop * w].copy_(torch.bmm(band_rows, block_values))
     return out
