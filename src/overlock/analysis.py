@@ -1,8 +1,9 @@
 """Model size and cost: parameter and multiply-accumulate counts.
 
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs halved): every
-convolution and matrix product, which is what the paper's GFLOPs figures count. The dynamic-kernel
-application of ContMix (about 1% of the total) and element-wise ops are not counted.
+convolution and matrix product, which is what the paper's GFLOPs figures count, including those inside
+our fused inference ops. The dynamic-kernel application of ContMix (about 1% of the total) and
+element-wise ops are not counted.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+from .ops import custom_op
 
 # The paper's Table 1 figures (deploy form, without the auxiliary head), for comparison.
 PAPER_FIGURES: dict[str, dict[str, float]] = {
@@ -26,9 +29,21 @@ def _fused_conv_flops(x_shape, w_shape, *args, out_shape, **kwargs) -> int:
     return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
 
 
+def _fused_contmix_flops(logits_shape, query_shape, key_shape, *args, out_shape, **kwargs) -> int:
+    """FLOPs of ``overlock::softmax_av_cpu``: the matmul ``query @ key`` when it is given the logits' factors
+    (the weighted sum is not counted, as for the unfused op)."""
+    if query_shape is None:
+        return 0
+    batch, groups, queries, channels = query_shape
+    return 2 * batch * groups * queries * channels * key_shape[-1]
+
+
 def _custom_flop_formulas() -> dict:
+    formulas = {custom_op.softmax_av_cpu._opoverload.overloadpacket: _fused_contmix_flops}
     op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
-    return {op: _fused_conv_flops} if op is not None else {}
+    if op is not None:
+        formulas[op] = _fused_conv_flops
+    return formulas
 
 
 def count_params(model: nn.Module, exclude_prefixes: Sequence[str] = ()) -> int:
