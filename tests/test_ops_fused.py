@@ -24,8 +24,8 @@ SHAPES = [  # (B, G, H, W, C, K, c): c channels of query and key
     (2, 1, 12, 104, 3, 11, 6),  # more than 100 columns
     (1, 1, 17, 17, 2, 17, 3),
 ]
-# band buffer of a block: one row of one image at a time, a few rows or images at a time, the default
-BUDGETS = [1, 5_000, 20_000, cpu.BAND_PER_BLOCK]
+# band buffer of a block: one row at a time, a few rows or whole maps of a few images at a time, the default
+BUDGETS = [1, 5_000, 20_000, 150_000, cpu.BAND_PER_BLOCK]
 
 
 def _inputs(b, g, h, w, c, k, q, layout="planar", dtype=torch.float64, seed=0):

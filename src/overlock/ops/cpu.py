@@ -180,11 +180,12 @@ def av_backward(grad_out: Tensor, attn: Tensor, value: Tensor, kernel_size: int)
 
 def _block_shape(batch: int, groups: int, height: int, width: int, kernel_size: int) -> tuple[int, int]:
     """Images and map rows of a ``softmax_av_forward`` block: whole maps of as many images as keep the band
-    buffer within ``BAND_PER_BLOCK``, or as many rows of one image (at least one)."""
+    buffer within ``BAND_PER_BLOCK``; on larger maps, as many rows (at least one) of all the images, so that
+    the number of steps stays that of the unfused kernel's."""
     row_band = groups * width * kernel_size * width
-    rows = max(1, min(height, BAND_PER_BLOCK // row_band))
-    images = max(1, min(batch, BAND_PER_BLOCK // (height * row_band))) if rows == height else 1
-    return images, rows
+    if height * row_band <= BAND_PER_BLOCK:
+        return max(1, min(batch, BAND_PER_BLOCK // (height * row_band))), height
+    return batch, max(1, min(height, BAND_PER_BLOCK // (batch * row_band)))
 
 
 def softmax_av_forward(
