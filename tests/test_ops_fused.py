@@ -12,6 +12,7 @@ from overlock.ops import LowRankLogits, contmix_apply, contmix_reference
 from overlock.ops import cpu
 from overlock.ops.custom_op import softmax_av_cpu
 from overlock.ops.layout import is_planar
+from probes import LargestTensor
 
 SHAPES = [  # (B, G, H, W, C, K, c): c channels of query and key
     (1, 1, 3, 3, 1, 3, 1),  # map exactly the kernel
@@ -72,6 +73,17 @@ def test_fused_matches_reference(shape, budget, layout, monkeypatch, fused_calls
     torch.testing.assert_close(from_factors, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(from_dense, expected, rtol=1e-10, atol=1e-10)
     assert is_planar(from_factors) == is_planar(from_dense) == (layout == "planar")
+
+
+def test_fused_kernel_memory_bounded():
+    """From factors, no intermediate outgrows a block's band buffer or the value: never the full weights, never a
+    K^2 copy of the value (a 60x90 map with K = 7, 2 images of 2 groups: weights 1.06 M, value 0.35 M floats)."""
+    logits, value, _ = _inputs(2, 2, 60, 90, 16, 7, 8, dtype=torch.float32)
+    bias = torch.zeros(1, 60 * 90, 49).expand(2, -1, -1)
+    weights = 2 * 2 * 60 * 90 * 49
+    with LargestTensor() as tracker:
+        cpu.softmax_av_forward(None, logits.query, logits.key, bias, value, 7)
+    assert tracker.largest <= max(cpu.BAND_PER_BLOCK, value.numel()) < weights
 
 
 def test_fused_without_bias_tables(fused_calls):
