@@ -18,3 +18,13 @@ class LargestTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
         return out
+
+
+def value_view(b, g, h, w, c, layout, gen, dtype):
+    """A (B, G, H, W, C) value as ContMixMixer passes it: the second half of an NCHW map's channels ('planar'),
+    of an NHWC map's ('channels_last'), or a plain contiguous tensor (any other layout)."""
+    if layout == "planar":
+        return torch.randn(b, 2, g, c, h, w, generator=gen, dtype=dtype).permute(1, 0, 2, 4, 5, 3)[1]
+    if layout == "channels_last":
+        return torch.randn(b, h, w, 2, g, c, generator=gen, dtype=dtype).permute(3, 0, 4, 1, 2, 5)[1]
+    return torch.randn(b, g, h, w, c, generator=gen, dtype=dtype)

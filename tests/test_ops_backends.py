@@ -18,7 +18,7 @@ from overlock.ops import cpu, reference
 from overlock.ops.backends import TRITON_MODULE
 from overlock.ops.custom_op import neighbourhood_av
 from overlock.ops.layout import is_planar
-from probes import LargestTensor
+from probes import LargestTensor, value_view
 
 CPU_BACKENDS = available_backends(torch.empty(1, 1, 1, 1, 1))
 FAST_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
@@ -30,12 +30,7 @@ def _inputs(b, g, h, w, c, k, layout="planar", dtype=torch.float64, seed=0):
     logits = torch.randn(b, g, h, w, k * k, generator=gen, dtype=dtype)
     if layout == "channels_last":  # logits of a transposed map: a non-contiguous view as well
         logits = logits.transpose(2, 3).contiguous().transpose(2, 3)
-    if layout == "planar":  # the second half of an NCHW map's channels, as ContMixMixer slices it
-        value = torch.randn(b, 2, g, c, h, w, generator=gen, dtype=dtype).permute(1, 0, 2, 4, 5, 3)[1]
-    elif layout == "channels_last":  # from an NHWC map
-        value = torch.randn(b, h, w, 2, g, c, generator=gen, dtype=dtype).permute(3, 0, 4, 1, 2, 5)[1]
-    else:
-        value = torch.randn(b, g, h, w, c, generator=gen, dtype=dtype)
+    value = value_view(b, g, h, w, c, layout, gen, dtype)
     rpb = torch.randn(g, 2 * k - 1, 2 * k - 1, generator=gen, dtype=dtype)
     return logits, value, rpb
 

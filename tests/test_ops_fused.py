@@ -12,7 +12,7 @@ from overlock.ops import LowRankLogits, contmix_apply, contmix_reference
 from overlock.ops import cpu
 from overlock.ops.custom_op import softmax_av_cpu
 from overlock.ops.layout import is_planar
-from probes import LargestTensor
+from probes import LargestTensor, value_view
 
 SHAPES = [  # (B, G, H, W, C, K, c): c channels of query and key
     (1, 1, 3, 3, 1, 3, 1),  # map exactly the kernel
@@ -35,10 +35,7 @@ def _inputs(b, g, h, w, c, k, q, layout="planar", dtype=torch.float64, seed=0):
     query = torch.randn(b, g, q, h * w, generator=gen, dtype=dtype).transpose(-1, -2)
     key = torch.randn(b, g, q, k * k, generator=gen, dtype=dtype) / q**0.5
     bias = torch.randn(k * k, generator=gen, dtype=dtype)
-    if layout == "planar":
-        value = torch.randn(b, 2, g, c, h, w, generator=gen, dtype=dtype).permute(1, 0, 2, 4, 5, 3)[1]
-    else:
-        value = torch.randn(b, h, w, 2, g, c, generator=gen, dtype=dtype).permute(3, 0, 4, 1, 2, 5)[1]
+    value = value_view(b, g, h, w, c, layout, gen, dtype)
     rpb = torch.randn(g, 2 * k - 1, 2 * k - 1, generator=gen, dtype=dtype)
     return LowRankLogits(query, key, bias), value, rpb
 

@@ -1,6 +1,6 @@
 """Sequential containers that fuse neighbouring layers at call time, the state dict unchanged.
 
-Two fusions, each exact up to float rounding, chosen per call from the layers and the input:
+Three fusions, each exact up to float rounding, chosen per call from the layers and the input:
 
 - eval-mode BatchNorm folded into the adjacent convolution (``BN(conv(x))`` and ``conv1x1(BN(x))`` are one
   convolution with a rescaled weight and a shifted bias): saves a pass over the map per BatchNorm;

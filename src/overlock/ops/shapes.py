@@ -4,18 +4,22 @@ from __future__ import annotations
 from torch import Tensor
 
 
-def check_window(kernel_size: int, height: int, width: int) -> None:
-    """Clear errors for a kernel size that is not odd or does not fit an H x W map."""
+def check_kernel_size(kernel_size: int) -> None:
+    """Clear error for a kernel size that is not a positive odd number."""
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+
+
+def check_window(kernel_size: int, height: int, width: int) -> None:
+    """Clear errors for a kernel size that is not odd or does not fit an H x W map."""
+    check_kernel_size(kernel_size)
     if min(height, width) < kernel_size:
         raise ValueError(f"map {height}x{width} is smaller than kernel_size {kernel_size}")
 
 
 def check_kernel_inputs(weights: Tensor, value: Tensor, kernel_size: int, weights_name: str = "logits") -> None:
     """Clear errors for (B, G, H, W, K*K) kernel weights and (B, G, H, W, C) values that do not fit."""
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+    check_kernel_size(kernel_size)
     if value.dim() != 5 or weights.dim() != 5:
         raise ValueError(
             f"expected {weights_name} (B, G, H, W, K*K) and value (B, G, H, W, C), "
