@@ -1,0 +1,76 @@
+"""Where a model's inference time goes: wall-clock time of each top-level stage and block, medians.
+
+Forward hooks time every direct child of the model (for a ``ModuleList`` stage, each of its blocks) over
+several inference passes in one process; the table lists each part's median and its share of the median
+whole pass (the parts' sum differs from the whole by the hooks and the glue between them).
+
+    python benchmarks/block_times.py overlock_xt --threads 2 --batch-size 8 --iters 7
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import timm
+import torch
+
+import overlock  # noqa: F401 - registers the models
+
+
+def timed_parts(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The model's direct children, with ``ModuleList`` stages split into their blocks."""
+    parts = []
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.ModuleList):
+            parts.extend((f"{name}.{i}", block) for i, block in enumerate(child))
+        else:
+            parts.append((name, child))
+    return parts
+
+
+def block_times(name: str, batch_size: int, img_size: int, iters: int, warmup: int) -> tuple[float, dict]:
+    """Median seconds of a whole pass and of each part, for the deploy form of ``name`` in eval mode."""
+    model = timm.create_model(name).eval()
+    timm.utils.reparameterize_model(model, inplace=True)
+    x = torch.randn(batch_size, 3, img_size, img_size)
+    times: dict[str, list[float]] = defaultdict(list)
+    starts: dict[str, float] = {}
+    for part, module in timed_parts(model):
+        module.register_forward_pre_hook(lambda m, args, part=part: starts.__setitem__(part, time.perf_counter()))
+        module.register_forward_hook(
+            lambda m, args, out, part=part: times[part].append(time.perf_counter() - starts[part])
+        )
+    whole = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        times.clear()
+        for _ in range(iters):
+            start = time.perf_counter()
+            model(x)
+            whole.append(time.perf_counter() - start)
+    return statistics.median(whole), {part: statistics.median(t) for part, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default="overlock_xt")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--iters", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    whole, parts = block_times(args.model, args.batch_size, args.img_size, args.iters, args.warmup)
+    print(f"{args.model}, batch {args.batch_size}, {args.img_size} px, {torch.get_num_threads()} threads: "
+          f"{1000 * whole:.1f} ms a pass (median of {args.iters})")
+    for part, seconds in parts.items():
+        print(f"  {part:<18} {1000 * seconds:7.1f} ms  {100 * seconds / whole:5.1f} %")
+
+
+if __name__ == "__main__":
+    main()
