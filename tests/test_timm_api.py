@@ -139,10 +139,22 @@ def test_autocast_runs_close_to_fp32(model, dtype):
     assert (out.float() - expected).abs().max() <= 0.1 * expected.abs().max()
 
 
-@pytest.mark.slow
-def test_torch_compile_runs(model):
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_traces_as_one_graph(model, grad):
+    """Dynamo sees the whole model as one graph: the in-place and oneDNN inference fusions step aside
+    while compiling instead of breaking the graph."""
     x = torch.randn(1, 3, 64, 64)
-    compiled = torch.compile(model)
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(grad):
+        explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_runs(model):
+    x = torch.randn(1, 3, 64, 64)
+    compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
 

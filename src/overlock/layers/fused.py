@@ -78,6 +78,7 @@ def _inference(x: Tensor, *params: Tensor | None) -> bool:
 def _onednn_post_op_ok(x: Tensor, conv: nn.Conv2d) -> bool:
     return (
         _ONEDNN_POINTWISE
+        and not torch.compiler.is_compiling()  # TorchInductor fuses conv + activation itself
         and _inference(x, conv.weight, conv.bias)
         and x.device.type == "cpu"
         and x.dtype == conv.weight.dtype == torch.float32
@@ -93,7 +94,10 @@ def _conv_activation(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | 
 
 
 def _made_here(x: Tensor, source: Tensor) -> bool:
-    """True when ``x`` shares no memory with ``source`` (the sequence's input, which the caller may still use)."""
+    """True when ``x`` shares no memory with ``source`` (the sequence's input, which the caller may still use);
+    False while compiling, where TorchInductor plans buffer reuse itself and storages cannot be traced."""
+    if torch.compiler.is_compiling():
+        return False
     return x.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
 
 
