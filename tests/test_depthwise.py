@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from overlock.layers.conv import DepthwiseConv2d, ResDWConv
-from overlock.ops.depthwise import depthwise_conv2d, depthwise_weight_grad
+from overlock.ops.depthwise import (
+    MIN_KERNEL_FOR_CORRELATION,
+    depthwise_conv2d,
+    depthwise_weight_grad,
+    forward_kernel,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +71,84 @@ def test_residual_dwconv_folds_identity_exactly():
     expected = x + F.conv2d(x, conv.weight, conv.bias, padding=1, groups=8)
     torch.testing.assert_close(conv(x), expected, rtol=1e-6, atol=1e-6)
     assert set(conv.state_dict()) == {"weight", "bias"}  # the folded identity is not a parameter
+
+
+def _record_kernel_sizes(monkeypatch) -> list[int]:
+    """Kernel sizes of the convolutions run from now on."""
+    sizes, conv2d = [], F.conv2d
+
+    def spy(x, weight, *args, **kwargs):
+        sizes.append(weight.shape[-1])
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("kernel", [11, 13])
+@pytest.mark.parametrize("height, width, batch", [(14, 14, 2), (5, 9, 1), (23, 16, 1)], ids=str)
+@pytest.mark.parametrize("needs", ["none", "input", "input+weight"])
+def test_slow_kernel_sizes_padded_to_15_give_the_same_conv(monkeypatch, kernel, height, width, batch, needs):
+    """Forced on (any CPU), 11x11 and 13x13 forward passes run as 15x15 kernels with a zero border, with the
+    same outputs and gradients; where autograd would see the padded kernel they are left alone."""
+    monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "on")
+    gen = torch.Generator().manual_seed(kernel + height)
+    x = torch.randn(batch, 6, height, width, generator=gen).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(6, 1, kernel, kernel, generator=gen), torch.randn(6, generator=gen)
+    x.requires_grad_(needs != "none")
+    w.requires_grad_(needs == "input+weight")
+    expected = F.conv2d(x, w, b, padding=kernel // 2, groups=6)
+    sizes = _record_kernel_sizes(monkeypatch)
+    ours = depthwise_conv2d(x, w, b, kernel // 2)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    # no gradient, or the custom-autograd path (13 with a weight gradient): padded; plain autograd: as given
+    padded = needs == "none" or (needs == "input+weight" and kernel >= MIN_KERNEL_FOR_CORRELATION)
+    assert sizes == [15 if padded else kernel]
+    if needs != "none":
+        grad_out = torch.randn(expected.shape, generator=gen)
+        inputs = [x, w] if w.requires_grad else [x]
+        for g_ours, g_ref in zip(
+            torch.autograd.grad(ours, inputs, grad_out), torch.autograd.grad(expected, inputs, grad_out)
+        ):
+            torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-4)
+            assert g_ours.shape == g_ref.shape
+
+
+def test_padding_choice(monkeypatch):
+    x = torch.randn(1, 4, 9, 9).contiguous(memory_format=torch.channels_last)
+    w13, w9 = torch.randn(4, 1, 13, 13), torch.randn(4, 1, 9, 9)
+    monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "on")
+    weight, padding = forward_kernel(x, w13, 6)
+    assert weight.shape[-2:] == (15, 15) and padding == 7
+    torch.testing.assert_close(weight[..., 1:-1, 1:-1], w13, rtol=0, atol=0)
+    assert weight[..., 0, :].abs().sum() == weight[..., :, -1].abs().sum() == 0
+    for args in [(x, w9, 4), (x.contiguous(), w13, 6), (x.double(), w13.double(), 6), (x, w13, 5)]:
+        weight, padding = forward_kernel(*args)  # other sizes, NCHW maps, float64, not 'same': unchanged
+        assert weight is args[1] and padding == args[2]
+    monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "off")
+    assert forward_kernel(x, w13, 6)[0] is w13
+    monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "sometimes")
+    with pytest.raises(ValueError, match="OVERLOCK_DEPTHWISE_PAD must be 'auto', 'on' or 'off', got 'sometimes'"):
+        forward_kernel(x, w13, 6)
+
+
+def test_deploy_form_sequence_pads_its_merged_kernel(monkeypatch):
+    """The merged 13x13 Dilated RepConv with its BatchNorm folded in, as the blocks run it in inference."""
+    from overlock.layers.conv import DilatedRepConv
+    from overlock.layers.fused import FusedSequential
+
+    monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "on")
+    torch.manual_seed(0)
+    seq = FusedSequential(DilatedRepConv(8, 13), torch.nn.BatchNorm2d(8))
+    with torch.no_grad():
+        for p in seq.parameters():
+            p.normal_()
+    seq.eval()
+    x = torch.randn(2, 8, 14, 11).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = seq[1](seq[0](x))  # layer by layer: branches, BNs, the original 13x13 kernel
+        seq[0].reparameterize()
+        sizes = _record_kernel_sizes(monkeypatch)
+        out = seq(x)
+    assert sizes == [15]
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)

@@ -84,13 +84,15 @@ def test_conv_bn_activation_runs_as_one_onednn_call_in_cpu_inference(monkeypatch
         torch.testing.assert_close(out, plain(x), rtol=1e-5, atol=1e-5)
 
 
-def test_grn_fast_norm_matches_vector_norm():
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_grn_fast_norm_matches_vector_norm(memory_format):
+    """Both sums of squares (map-sized squares; one image at a time for channels-last inference)."""
     from overlock.layers.norm import GRN
 
     grn = GRN(5)
     with torch.no_grad():
         grn.gamma.normal_(), grn.beta.normal_()
-    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    x = torch.randn(3, 5, 7, 9, dtype=torch.float64).contiguous(memory_format=memory_format)
     norm = torch.linalg.vector_norm(x, dim=(-1, -2), keepdim=True)
     expected = x * (grn.gamma.double() * norm / (norm.mean(1, keepdim=True) + 1e-6) + 1) + grn.beta.double()
     with torch.no_grad():

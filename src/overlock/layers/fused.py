@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.depthwise import forward_kernel, needs_grad
 from .conv import DilatedRepConv, ResDWConv, bn_scale, fuse_conv_bn
 from .norm import GRN
 from .se import SEModule
@@ -68,11 +69,7 @@ def _post_op(m: nn.Module | None) -> str | None:
 
 def _inference(x: Tensor, *params: Tensor | None) -> bool:
     """True for a real tensor (not an fx proxy) when no gradient is needed through ``x`` or ``params``."""
-    if not isinstance(x, Tensor):
-        return False
-    if not torch.is_grad_enabled():
-        return True
-    return not x.requires_grad and not any(p is not None and p.requires_grad for p in params)
+    return isinstance(x, Tensor) and not needs_grad(x, *params)
 
 
 def _onednn_post_op_ok(x: Tensor, conv: nn.Conv2d) -> bool:
@@ -86,10 +83,27 @@ def _onednn_post_op_ok(x: Tensor, conv: nn.Conv2d) -> bool:
     )
 
 
+def _forward_kernel(x: Tensor, conv: nn.Conv2d, weight: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """The (weight, padding) to run ``conv`` with ``weight`` on ``x``: a stride-1 'same' depthwise kernel that
+    oneDNN is slow at, when no gradient is needed, zero-padded to a size it is fast at (``forward_kernel``)."""
+    depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.stride == conv.dilation == (1, 1)
+    if depthwise and conv.padding[0] == conv.padding[1] and _inference(x, weight):
+        weight, padding = forward_kernel(x, weight, conv.padding[0])
+        return weight, (padding, padding)
+    return weight, conv.padding
+
+
+def _conv(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``conv``'s geometry with ``weight`` and ``bias``."""
+    weight, padding = _forward_kernel(x, conv, weight)
+    return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
 def _conv_activation(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, post_op: str) -> Tensor:
     """``conv``'s geometry with ``weight`` and ``bias``, then the activation ``post_op``, as one oneDNN call."""
+    weight, padding = _forward_kernel(x, conv, weight)
     return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, post_op, [], "none"
+        x, weight, bias, padding, conv.stride, conv.dilation, conv.groups, post_op, [], "none"
     )
 
 
@@ -120,7 +134,7 @@ def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> T
                 x = _conv_activation(x, conv, _effective_weight(conv) if weight is None else weight, bias, post_op)
                 used += 1
             elif weight is not None:
-                x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+                x = _conv(x, conv, weight, bias)
             else:
                 x = layer(x)
             i += used

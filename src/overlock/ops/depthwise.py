@@ -9,8 +9,16 @@ with stride equal to the dilation. Computed that way it is 10-40x faster for ker
 as fast or faster at 13.
 The forward pass and the input gradient are PyTorch's own. Dilated kernels are run on CPUs as their
 dense (zero-filled) equivalent, which oneDNN computes about ten times faster than the dilated form.
+
+On AVX-512 CPUs the forward pass of 11x11 and 13x13 kernels on channels-last float32 maps runs as the
+15x15 kernel with a zero border: oneDNN's AVX-512 depthwise kernel is 1.1-1.3x slower at 11x11 and 2-3x
+slower at 13x13 than at 15x15 (``python benchmarks/depthwise_kernel_sizes.py``), and the extra taps add
+exact zeros. ``OVERLOCK_DEPTHWISE_PAD`` overrides the choice: ``auto`` (the default), ``on`` (any CPU, for
+oneDNN builds that show the same), ``off``.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +28,47 @@ from torch import Tensor
 # 0.08-0.12 s at 13x13, 1.2-3.7 s at 15x15 on 28x28-56x56 maps); ours is level with it at 13x13 on
 # 28x28-56x56 maps and 2-3x faster on 14x14 maps, slower below 13
 MIN_KERNEL_FOR_CORRELATION = 13
+
+PAD_ENV_VAR = "OVERLOCK_DEPTHWISE_PAD"
+# kernel sizes oneDNN's AVX-512 depthwise forward is slower at than at PADDED_KERNEL_SIZE (see the module doc)
+SLOW_KERNEL_SIZES = (11, 13)
+PADDED_KERNEL_SIZE = 15
+
+
+@torch.compiler.assume_constant_result  # a string Dynamo cannot trace; fixed for the process anyway
+def _cpu_has_avx512() -> bool:
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _padding_enabled() -> bool:
+    setting = os.environ.get(PAD_ENV_VAR, "auto").strip().lower()
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"{PAD_ENV_VAR} must be 'auto', 'on' or 'off', got {setting!r}")
+    if setting == "auto":
+        return _cpu_has_avx512()
+    return setting == "on"
+
+
+def forward_kernel(x: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, int]:
+    """The (weight, padding) to run the forward pass of a stride-1 'same' depthwise conv of ``x`` with.
+
+    ``weight`` and ``padding`` themselves, or, where oneDNN is faster at the larger size (see the module doc),
+    the kernel zero-padded to ``PADDED_KERNEL_SIZE`` with the matching padding: the same sums plus zeros.
+    """
+    size = weight.shape[-1]
+    if (
+        size in SLOW_KERNEL_SIZES
+        and weight.shape[-2] == size
+        and padding == size // 2
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and _padding_enabled()
+    ):
+        border = (PADDED_KERNEL_SIZE - size) // 2
+        return F.pad(weight, [border] * 4), padding + border
+    return weight, padding
 
 
 def dilated_to_dense(kernel: Tensor, dilation: int) -> Tensor:
@@ -48,6 +97,7 @@ class _DepthwiseConv2d(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
+        weight, padding = forward_kernel(x, weight, padding)  # the backward keeps the saved kernel's size
         return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
 
     @staticmethod
@@ -74,4 +124,11 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, padding: in
     weight = dilated_to_dense(weight, dilation)  # differentiable: its backward is a strided slice
     if weight.requires_grad and torch.is_grad_enabled() and weight.shape[-1] >= MIN_KERNEL_FOR_CORRELATION:
         return _DepthwiseConv2d.apply(x, weight, bias, padding)
+    if not needs_grad(x, weight, bias):  # autograd through a padded kernel would slow both gradients
+        weight, padding = forward_kernel(x, weight, padding)
     return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """True when autograd records a gradient through any of ``tensors``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
