@@ -147,3 +147,35 @@ def test_grn_and_se_rescale_intermediates_in_place(monkeypatch):
     calls.clear()
     fused.train()(x.requires_grad_()).sum().backward()  # training keeps the out-of-place forward
     assert not calls and x.grad is not None
+
+
+def test_residual_sum_written_over_the_branch_only_where_safe():
+    """Inference without LayerScale sums into the branch's own map; every other case leaves both alone."""
+    from overlock.layers.contmix import residual
+    from overlock.layers.scale import LayerScale
+
+    shortcut, branch = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 5)
+    kept_shortcut, kept_branch = shortcut.clone(), branch.clone()
+    identity = nn.Identity().eval()
+    with torch.no_grad():
+        out = residual(shortcut, branch, identity, identity, res_scale=True)
+    assert out.data_ptr() == branch.data_ptr()  # in place
+    torch.testing.assert_close(out, kept_shortcut + kept_branch, rtol=0, atol=0)
+    torch.testing.assert_close(shortcut, kept_shortcut, rtol=0, atol=0)
+
+    ls = LayerScale(4, 0.5)
+    cases = [
+        (shortcut, kept_branch.clone(), ls, True, False),  # LayerScale: out of place
+        (shortcut, shortcut, identity, True, False),  # the branch is the shortcut's own memory
+        (shortcut, kept_branch.bfloat16(), identity, False, False),  # mixed dtypes: promoted, as out of place
+        (shortcut, kept_branch.clone(), identity, False, True),  # gradients: out of place
+    ]
+    for short, br, scale, res_scale, grad in cases:
+        before = br.clone()
+        with torch.set_grad_enabled(grad):
+            br.requires_grad_(grad)
+            out = residual(short, br, scale, identity, res_scale)
+            expected = scale(short) + br if res_scale else short + scale(br)
+        assert out.data_ptr() != br.data_ptr() and out.dtype == expected.dtype
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(br.detach(), before.detach(), rtol=0, atol=0)

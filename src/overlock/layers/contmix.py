@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import LowRankLogits, contmix_apply
 from .conv import DilatedRepConv, ResDWConv
-from .fused import FusedSequential
+from .fused import FusedSequential, runs_without_grad, shares_no_memory
 from .norm import GRN, LayerNorm2d
 from .scale import LayerScale
 from .se import SEModule
@@ -54,7 +54,21 @@ def conv_ffn(dim: int, hidden: int, out_dim: int) -> FusedSequential:
 
 
 def residual(shortcut: Tensor, branch: Tensor, ls: nn.Module, drop_path: nn.Module, res_scale: bool) -> Tensor:
-    """Residual sum; with ``res_scale`` the LayerScale scales the shortcut, not the branch."""
+    """Residual sum; with ``res_scale`` the LayerScale scales the shortcut, not the branch.
+
+    Without LayerScale, in inference the sum is written over the branch's own output (the same sums; a
+    map-sized allocation saved, which costs about as much as the sum on large maps).
+    """
+    in_place = (
+        isinstance(ls, nn.Identity)
+        and not drop_path.training
+        and runs_without_grad(branch, shortcut)
+        and branch.shape == shortcut.shape
+        and branch.dtype == shortcut.dtype  # else the sum's dtype is promoted
+        and shares_no_memory(branch, shortcut)
+    )
+    if in_place:
+        return branch.add_(shortcut)
     if res_scale:
         return ls(shortcut) + drop_path(branch)
     return shortcut + drop_path(ls(branch))

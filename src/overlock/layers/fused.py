@@ -67,7 +67,7 @@ def _post_op(m: nn.Module | None) -> str | None:
     return None
 
 
-def _inference(x: Tensor, *params: Tensor | None) -> bool:
+def runs_without_grad(x: Tensor, *params: Tensor | None) -> bool:
     """True for a real tensor (not an fx proxy) when no gradient is needed through ``x`` or ``params``."""
     return isinstance(x, Tensor) and not needs_grad(x, *params)
 
@@ -76,7 +76,7 @@ def _onednn_post_op_ok(x: Tensor, conv: nn.Conv2d) -> bool:
     return (
         _ONEDNN_POINTWISE
         and not torch.compiler.is_compiling()  # TorchInductor fuses conv + activation itself
-        and _inference(x, conv.weight, conv.bias)
+        and runs_without_grad(x, conv.weight, conv.bias)
         and x.device.type == "cpu"
         and x.dtype == conv.weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
@@ -87,7 +87,7 @@ def _forward_kernel(x: Tensor, conv: nn.Conv2d, weight: Tensor) -> tuple[Tensor,
     """The (weight, padding) to run ``conv`` with ``weight`` on ``x``: a stride-1 'same' depthwise kernel that
     oneDNN is slow at, when no gradient is needed, zero-padded to a size it is fast at (``forward_kernel``)."""
     depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.stride == conv.dilation == (1, 1)
-    if depthwise and conv.padding[0] == conv.padding[1] and _inference(x, weight):
+    if depthwise and conv.padding[0] == conv.padding[1] and runs_without_grad(x, weight):
         weight, padding = forward_kernel(x, weight, conv.padding[0])
         return weight, (padding, padding)
     return weight, conv.padding
@@ -107,7 +107,7 @@ def _conv_activation(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | 
     )
 
 
-def _made_here(x: Tensor, source: Tensor) -> bool:
+def shares_no_memory(x: Tensor, source: Tensor) -> bool:
     """True when ``x`` shares no memory with ``source`` (the sequence's input, which the caller may still use);
     False while compiling, where TorchInductor plans buffer reuse itself and storages cannot be traced."""
     if torch.compiler.is_compiling():
@@ -146,7 +146,11 @@ def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> T
                 bias = bias + nxt.bias
             x = F.conv2d(x, weight, bias)
             i += 2
-        elif isinstance(layer, (GRN, SEModule)) and _inference(x, *layer.parameters()) and _made_here(x, source):
+        elif (
+            isinstance(layer, (GRN, SEModule))
+            and runs_without_grad(x, *layer.parameters())
+            and shares_no_memory(x, source)
+        ):
             x = layer.rescale_(x)
             i += 1
         else:
