@@ -27,6 +27,18 @@ def test_count_macs_of_a_known_conv():
     assert count_params(conv, exclude_prefixes=("bias",)) == 8 * 27
 
 
+def test_count_macs_counts_the_models_kernel_not_the_padded_one(monkeypatch):
+    """13x13 depthwise kernels run as 15x15 on some CPUs; the count is that of the 13x13 convolution."""
+    from overlock.layers.conv import DepthwiseConv2d
+
+    class ChannelsLastConv(DepthwiseConv2d):  # the model computes in channels-last, where the padding applies
+        def forward(self, x):
+            return super().forward(x.contiguous(memory_format=torch.channels_last))
+
+    monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "on")
+    assert count_macs(ChannelsLastConv(4, 13, bias=True), (4, 14, 14)) == 4 * 14 * 14 * 13 * 13
+
+
 def test_count_macs_sees_the_logits_matmul_inside_the_fused_contmix_op():
     """The fused CPU inference op (taken under count_macs' no_grad) counts its ``query @ key``: a ContMix block's
     MACs are those of the unfused path, whose matmul the counter sees directly."""

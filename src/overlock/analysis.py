@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .ops import custom_op
+from .ops.depthwise import kernels_as_given
 
 # The paper's Table 1 figures (deploy form, without the auxiliary head), for comparison.
 PAPER_FIGURES: dict[str, dict[str, float]] = {
@@ -59,7 +60,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batc
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas()) as counter:
+        with kernels_as_given(), FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas()) as counter:
             model(x)
     finally:
         model.train(was_training)

@@ -19,6 +19,9 @@ oneDNN builds that show the same), ``off``.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +43,23 @@ def _cpu_has_avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+# set within ``kernels_as_given``: counting tools must see the model's own kernel sizes, not the padded ones
+_AS_GIVEN: ContextVar[bool] = ContextVar("overlock_depthwise_kernels_as_given", default=False)
+
+
+@contextmanager
+def kernels_as_given() -> Iterator[None]:
+    """Within it, depthwise convolutions run at their own kernel sizes (as ``count_macs`` needs them)."""
+    token = _AS_GIVEN.set(True)
+    try:
+        yield
+    finally:
+        _AS_GIVEN.reset(token)
+
+
 def _padding_enabled() -> bool:
+    if _AS_GIVEN.get():
+        return False
     setting = os.environ.get(PAD_ENV_VAR, "auto").strip().lower()
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"{PAD_ENV_VAR} must be 'auto', 'on' or 'off', got {setting!r}")
