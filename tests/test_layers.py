@@ -96,3 +96,29 @@ def test_contmix_block_checkpointing_gives_identical_grads():
 def test_contmix_block_custom_norm_layer():
     block = ContMixBlock(dim=16, kernel_size=7, num_heads=1, norm_layer=nn.BatchNorm2d)
     assert isinstance(block.norm1, nn.BatchNorm2d) and isinstance(block.norm2, nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_se_matches_its_conv_modules(channels_last):
+    """SE computes its stored 1x1 convolutions as matrix products on the pooled vector: same values and
+    gradients as running the modules on the 1x1 map."""
+    from overlock.layers.se import SEModule
+
+    torch.manual_seed(0)
+    se = SEModule(24)
+    x = torch.randn(3, 24, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    se = se.double()
+    x.requires_grad_()
+    expected = x * se.proj(x)
+    out = se(x)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), [x, *se.parameters()])
+    expected_grads = torch.autograd.grad(expected.sum(), [x, *se.parameters()])
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)
+    with torch.no_grad():
+        y = x.detach().clone()
+        torch.testing.assert_close(se.rescale_(y), expected.detach())
+        assert y.data_ptr() == se.rescale_(y).data_ptr()
