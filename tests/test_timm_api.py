@@ -197,3 +197,29 @@ def test_fx_symbolic_trace_matches_eager(model):
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         torch.testing.assert_close(next(iter(traced(x).values())), model(x))
+
+
+def test_cpu_inference_runs_stem_and_stage1_in_parts(monkeypatch):
+    """No-grad eval on CPUs runs the stem and stage 1 a few images at a time (uneven parts here): the same
+    outputs as the whole batch; training mode or recorded gradients keep the whole batch."""
+    from overlock.models import overlock as model_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(NAME).eval()
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        whole = model(x)
+    calls = []
+    run = model._stem_and_stage1
+    monkeypatch.setattr(model, "_stem_and_stage1", lambda part: calls.append(part.shape[0]) or run(part))
+    per_image = model.feature_info[0]["num_chs"] * 16 * 16 * 4  # stage-1 output of one 64 px image
+    monkeypatch.setattr(model_file, "STAGE1_BYTES_PER_CHUNK", 2 * per_image)
+    with torch.no_grad():
+        parts = model(x)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    model(x)  # gradients recorded: one part
+    with torch.no_grad():
+        model.train()(x)  # training mode (batch statistics): one part
+    assert calls == [5, 5]

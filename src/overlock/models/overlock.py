@@ -42,6 +42,12 @@ class OverLoCKOutput(NamedTuple):
     aux: Tensor
 
 
+# stage-1 output per part of the batch in CPU inference (see ``OverLoCK._stage1_chunks``): four images at
+# 224 px for XT; whole batches (8 at 224 px) were 20-25 % slower through the stem and stage 1, as were parts
+# of one or two images (`python benchmarks/stage1_chunks.py`)
+STAGE1_BYTES_PER_CHUNK = 3 << 20
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model."""
 
@@ -252,14 +258,42 @@ class OverLoCK(nn.Module):
             return checkpoint(block, *args)
         return block(*args)
 
+    def _stem_and_stage1(self, x: Tensor) -> Tensor:
+        x = self.patch_embed1(x)
+        for i, blk in enumerate(self.blocks1):
+            x = self._call(1, i, blk, x)
+        return x
+
+    def _stage1_chunks(self, x: Tensor) -> int:
+        """Parts of the batch that CPU inference runs the stem and stage 1 on one after the other.
+
+        Their maps are the network's largest (stage 1's ConvFFN widens the stride-4 map fourfold), and
+        whole-batch maps of tens of MB cost more in fresh pages and cache misses than a few more calls
+        cost in overhead. In eval mode every layer is per-image, so the result is the same.
+        """
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or is_fx_symbolic_tracing()
+            or torch.compiler.is_compiling()
+            or x.device.type != "cpu"
+        ):
+            return 1
+        batch, _, height, width = x.shape
+        per_image = self.feature_info[0]["num_chs"] * -(-height // 4) * -(-width // 4) * x.element_size()
+        return max(1, min(batch, -(-batch * per_image // STAGE1_BYTES_PER_CHUNK)))
+
     def _levels(self, x: Tensor, last: int = 3) -> list[Tensor]:
         """Pyramid outputs at strides 4, 8, 16, 32 (levels 0..``last``) plus, for classification
         models, the Overview-Net output as an extra final entry when ``last`` is 3."""
         check_image_batch(x, self.patch_embed1[0].in_channels)
         out: list[Tensor] = []
-        x = self.patch_embed1(compute_layout(x))
-        for i, blk in enumerate(self.blocks1):
-            x = self._call(1, i, blk, x)
+        x = compute_layout(x)
+        chunks = self._stage1_chunks(x)
+        if chunks > 1:
+            x = torch.cat([self._stem_and_stage1(part) for part in x.tensor_split(chunks)])
+        else:
+            x = self._stem_and_stage1(x)
         out.append(self.extra_norm[0](x) if self.dense else x)
         if last == 0:
             return out
