@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -30,9 +31,9 @@ def test_train_mode_step():
 
 def test_ratio_column_and_published_accuracy():
     rows = [BenchResult("overlock_xt", 16.5, 2.7, 10.0, 800.0, 500.0, 82.7),
-            BenchResult("convnext_tiny", 28.6, 4.5, 20.0, 400.0, 600.0, 82.1)]
+            BenchResult("convnext_tiny", 28.6, 4.5, 20.0, 400.0, 600.0, 82.1, ratio=1.9)]
     lines = format_table(rows).splitlines()
-    assert " 1.00 " in lines[2] and " 2.00 " in lines[3]
+    assert " 1.00 " in lines[2] and " 1.90 " in lines[3]
     assert top1_of("overlock_t_reparam") == 84.2 and top1_of("convnext_small") == 83.1 and top1_of("vit_small_patch16_224") is None
 
 
@@ -51,7 +52,21 @@ def test_steps_are_timed_round_robin(monkeypatch):
     monkeypatch.setattr(bench, "_prepare", lambda name, cfg: bench._Prepared(lambda: order.append(name), 3, 5))
     rows = bench._time_round_robin(["a", "b", "c"], BenchConfig(warmup=1, iters=2))
     assert order == ["a", "b", "c"] * 3
-    assert [row[:2] for row in rows] == [(3, 5)] * 3 and all(row[2] >= 0 for row in rows)
+    assert [row[:2] for row in rows] == [(3, 5)] * 3 and all(len(row[2]) == 2 and min(row[2]) >= 0 for row in rows)
+
+
+def test_ratio_pairs_the_rounds():
+    """A slow spell in one round moves both models of that round; the paired ratio sees through it where the
+    ratio of medians does not."""
+    from overlock.benchmark import paired_ratio
+
+    base = [1.0, 1.0, 3.0, 3.0, 3.0]  # the machine slows down for the last three rounds
+    other = [0.5, 0.5, 1.5, 1.5, 1.5]  # twice as fast as the base in every round
+    assert paired_ratio(base, other) == 2.0
+    assert paired_ratio(base, base) == 1.0
+    assert statistics.median(base) / statistics.median(other) == 2.0  # here both agree; below they do not
+    skewed = [0.5, 0.5, 0.5, 1.5, 1.5]  # the slow spell caught the base in round 3 but not this model
+    assert paired_ratio(base, skewed) == 2.0 and statistics.median(base) / statistics.median(skewed) == 6.0
 
 
 def test_a_failing_model_is_named(tmp_path):

@@ -127,6 +127,15 @@ def test_padding_choice(monkeypatch):
         assert weight is args[1] and padding == args[2]
     monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "off")
     assert forward_kernel(x, w13, 6)[0] is w13
+    monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "auto")  # by oneDNN's instruction set
+    for capability, isa_limit, padded in [("AVX512", None, True), ("AVX512", "AVX2", False), ("AVX2", None, False),
+                                          ("AVX512", "avx512_core", True)]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
+        if isa_limit is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_limit)
+        assert (forward_kernel(x, w13, 6)[0].shape[-1] == 15) == padded, (capability, isa_limit)
     monkeypatch.setenv("OVERLOCK_DEPTHWISE_PAD", "sometimes")
     with pytest.raises(ValueError, match="OVERLOCK_DEPTHWISE_PAD must be 'auto', 'on' or 'off', got 'sometimes'"):
         forward_kernel(x, w13, 6)

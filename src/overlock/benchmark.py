@@ -1,7 +1,9 @@
 """Side-by-side speed measurements: throughput, latency, peak memory, parameters and MACs of timm models.
 
 Timing: all models are built in one child process and their steps timed round-robin (model A, B, C, A, B,
-C, ...), so that a shared machine's changing load hits every model alike and the ratios hold. Peak memory:
+C, ...), so that a shared machine's changing load hits every model alike and the ratios hold. A model's
+ratio to the first one is the median over rounds of the paired ratio (the first model's time over its
+time in the same round), which a slow spell during part of the run moves less than a ratio of medians. Peak memory:
 each model in a fresh child process of its own (one after the other), so that the figure is its own:
 CUDA's allocator statistics on a GPU, the child's peak resident set size on a CPU.
 """
@@ -62,6 +64,7 @@ class BenchResult:
     latency_ms: float  # median time of one batch
     peak_mem_mb: float
     top1: float | None
+    ratio: float = 1.0  # throughput relative to the first model of the run: median of the per-round ratios
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -163,8 +166,8 @@ def _set_threads(cfg: BenchConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def _time_round_robin(models: list[str], cfg: BenchConfig) -> list[tuple[int, int, float]]:
-    """(params, MACs, median seconds per step) of each model, steps timed in turn in this process."""
+def _time_round_robin(models: list[str], cfg: BenchConfig) -> list[tuple[int, int, list[float]]]:
+    """(params, MACs, seconds of each timed step) of each model, steps timed in turn in this process."""
     _set_threads(cfg)
     prepared = [_prepare(name, cfg) for name in models]
     for _ in range(cfg.warmup):
@@ -176,7 +179,12 @@ def _time_round_robin(models: list[str], cfg: BenchConfig) -> list[tuple[int, in
             start = time.perf_counter()
             p.step()
             t.append(time.perf_counter() - start)
-    return [(p.params, p.macs, statistics.median(t)) for p, t in zip(prepared, times)]
+    return [(p.params, p.macs, t) for p, t in zip(prepared, times)]
+
+
+def paired_ratio(base_times: list[float], times: list[float]) -> float:
+    """Median over rounds of ``base time / time``: throughput relative to the base model, round by round."""
+    return statistics.median(b / t for b, t in zip(base_times, times))
 
 
 def _peak_memory_mb(name: str, cfg: BenchConfig) -> float:
@@ -228,22 +236,23 @@ def benchmark(models: list[str], cfg: BenchConfig) -> list[BenchResult]:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     timings = _in_child(_time_round_robin, models, cfg)
     results = []
-    for name, (params, macs, latency) in zip(models, timings):
+    base_times = timings[0][2]
+    for name, (params, macs, times) in zip(models, timings):
         peak = _in_child(_peak_memory_mb, name, cfg)
+        latency = statistics.median(times)
         results.append(BenchResult(name, params / 1e6, macs / 1e9, cfg.batch_size / latency, latency * 1000, peak,
-                                   top1_of(name), asdict(cfg)))
+                                   top1_of(name), paired_ratio(base_times, times), asdict(cfg)))
     return results
 
 
 def format_table(results: list[BenchResult]) -> str:
-    """A text table, with each model's throughput relative to the first one."""
+    """A text table, with each model's throughput relative to the first one (``BenchResult.ratio``)."""
     head = f"{'model':<22} {'params M':>8} {'GMACs':>6} {'img/s':>8} {'ratio':>6} {'ms/batch':>9} {'peak MB':>8} {'top-1':>6}"
     lines = [head, "-" * len(head)]
-    base = results[0].images_per_s if results else 1.0
     for r in results:
         top1 = f"{r.top1:.1f}" if r.top1 is not None else "-"
         lines.append(
-            f"{r.model:<22} {r.params_m:>8.2f} {r.gmacs:>6.2f} {r.images_per_s:>8.2f} {r.images_per_s / base:>6.2f} "
+            f"{r.model:<22} {r.params_m:>8.2f} {r.gmacs:>6.2f} {r.images_per_s:>8.2f} {r.ratio:>6.2f} "
             f"{r.latency_ms:>9.1f} {r.peak_mem_mb:>8.0f} {top1:>6}"
         )
     return "\n".join(lines)

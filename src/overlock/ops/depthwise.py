@@ -13,8 +13,8 @@ dense (zero-filled) equivalent, which oneDNN computes about ten times faster tha
 On AVX-512 CPUs the forward pass of 11x11 and 13x13 kernels on channels-last float32 maps runs as the
 15x15 kernel with a zero border: oneDNN's AVX-512 depthwise kernel is 1.1-1.3x slower at 11x11 and 2-3x
 slower at 13x13 than at 15x15 (``python benchmarks/depthwise_kernel_sizes.py``), and the extra taps add
-exact zeros. ``OVERLOCK_DEPTHWISE_PAD`` overrides the choice: ``auto`` (the default), ``on`` (any CPU, for
-oneDNN builds that show the same), ``off``.
+exact zeros. Limited to AVX2 it is the other way round, so oneDNN's instruction set decides.
+``OVERLOCK_DEPTHWISE_PAD`` overrides the choice: ``auto`` (the default), ``on`` (any CPU), ``off``.
 """
 from __future__ import annotations
 
@@ -39,8 +39,10 @@ PADDED_KERNEL_SIZE = 15
 
 
 @torch.compiler.assume_constant_result  # a string Dynamo cannot trace; fixed for the process anyway
-def _cpu_has_avx512() -> bool:
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+def _onednn_uses_avx512() -> bool:
+    """True on AVX-512 CPUs unless oneDNN is limited to an older instruction set (``ONEDNN_MAX_CPU_ISA``)."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512") and limit.startswith(("ALL", "AVX512", "AVX10"))
 
 
 # set within ``kernels_as_given``: counting tools must see the model's own kernel sizes, not the padded ones
@@ -64,7 +66,7 @@ def _padding_enabled() -> bool:
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"{PAD_ENV_VAR} must be 'auto', 'on' or 'off', got {setting!r}")
     if setting == "auto":
-        return _cpu_has_avx512()
+        return _onednn_uses_avx512()
     return setting == "on"
 
 
