@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"{cfg.mode}, batch {cfg.batch_size}, {cfg.img_size} px, {cfg.device}, {cfg.dtype}"
           f"{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}; "
-          f"medians of {cfg.iters} iterations; ratio = throughput / first model's")
+          f"medians of {cfg.iters} iterations; ratio = throughput / first model's, median of the per-round ratios")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in results], f, indent=2)

@@ -10,10 +10,9 @@ as fast or faster at 13.
 The forward pass and the input gradient are PyTorch's own. Dilated kernels are run on CPUs as their
 dense (zero-filled) equivalent, which oneDNN computes about ten times faster than the dilated form.
 
-On AVX-512 CPUs the forward pass of 11x11 and 13x13 kernels on channels-last float32 maps runs as the
-15x15 kernel with a zero border: oneDNN's AVX-512 depthwise kernel is 1.1-1.3x slower at 11x11 and 2-3x
-slower at 13x13 than at 15x15 (``python benchmarks/depthwise_kernel_sizes.py``), and the extra taps add
-exact zeros. Limited to AVX2 it is the other way round, so oneDNN's instruction set decides.
+On AVX-512 CPUs the forward pass of a 13x13 kernel on a channels-last float32 map runs as the 15x15 kernel
+with a zero border: oneDNN's AVX-512 depthwise kernel is 2-3x slower at 13x13 than at 15x15
+(``python benchmarks/depthwise_kernel_sizes.py``), and the extra taps add exact zeros. Limited to AVX2 it is the other way round, so oneDNN's instruction set decides.
 ``OVERLOCK_DEPTHWISE_PAD`` overrides the choice: ``auto`` (the default), ``on`` (any CPU), ``off``.
 """
 from __future__ import annotations
@@ -34,7 +33,7 @@ MIN_KERNEL_FOR_CORRELATION = 13
 
 PAD_ENV_VAR = "OVERLOCK_DEPTHWISE_PAD"
 # kernel sizes oneDNN's AVX-512 depthwise forward is slower at than at PADDED_KERNEL_SIZE (see the module doc)
-SLOW_KERNEL_SIZES = (11, 13)
+SLOW_KERNEL_SIZES = (13,)
 PADDED_KERNEL_SIZE = 15
 
 
