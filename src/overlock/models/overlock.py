@@ -259,6 +259,7 @@ class OverLoCK(nn.Module):
         return block(*args)
 
     def _stem_and_stage1(self, x: Tensor) -> Tensor:
+        """The stride-4 features: stem, then the stage-1 blocks."""
         x = self.patch_embed1(x)
         for i, blk in enumerate(self.blocks1):
             x = self._call(1, i, blk, x)
