@@ -4,7 +4,8 @@ The rule in ``overlock.ops.depthwise`` (13x13 kernels run as 15x15 with a zero b
 AVX-512 code) comes from this table: on oneDNN's AVX-512 depthwise kernel 13x13 is slower than 15x15 and
 17x17, and 11x11 is not clearly faster when padded, so it is left alone.
 Each row is one map of the OverLoCK stages (batch 8 at 224 px, and a 800x1280 detection image at stride 16);
-the last two columns time 11x11 and 13x13 padded to 15x15 (what the rule would do) and their speed-up. Sizes are timed round-robin in one process; medians.
+the last two columns time 11x11 and 13x13 padded to 15x15 (the rule pads 13x13 only) and their speed-up.
+Sizes are timed round-robin in one process; medians.
 
     python benchmarks/depthwise_kernel_sizes.py --threads 2
 """

@@ -12,8 +12,9 @@ dense (zero-filled) equivalent, which oneDNN computes about ten times faster tha
 
 On AVX-512 CPUs the forward pass of a 13x13 kernel on a channels-last float32 map runs as the 15x15 kernel
 with a zero border: oneDNN's AVX-512 depthwise kernel is 2-3x slower at 13x13 than at 15x15
-(``python benchmarks/depthwise_kernel_sizes.py``), and the extra taps add exact zeros. Limited to AVX2 it is the other way round, so oneDNN's instruction set decides.
-``OVERLOCK_DEPTHWISE_PAD`` overrides the choice: ``auto`` (the default), ``on`` (any CPU), ``off``.
+(``python benchmarks/depthwise_kernel_sizes.py``), and the extra taps add exact zeros. Limited to AVX2 it
+is the other way round, so oneDNN's instruction set decides. ``OVERLOCK_DEPTHWISE_PAD`` overrides the
+choice: ``auto`` (the default), ``on`` (any CPU), ``off``.
 """
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, padding: in
     if x.device.type != "cpu":
         return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
     weight = dilated_to_dense(weight, dilation)  # differentiable: its backward is a strided slice
-    if weight.requires_grad and torch.is_grad_enabled() and weight.shape[-1] >= MIN_KERNEL_FOR_CORRELATION:
+    if needs_grad(weight) and weight.shape[-1] >= MIN_KERNEL_FOR_CORRELATION:
         return _DepthwiseConv2d.apply(x, weight, bias, padding)
     if not needs_grad(x, weight, bias):  # autograd through a padded kernel would slow both gradients
         weight, padding = forward_kernel(x, weight, padding)
