@@ -74,14 +74,18 @@ def test_residual_dwconv_folds_identity_exactly():
 
 
 def _record_kernel_sizes(monkeypatch) -> list[int]:
-    """Kernel sizes of the convolutions run from now on."""
-    sizes, conv2d = [], F.conv2d
+    """Kernel sizes of the convolutions run from now on (PyTorch's, and oneDNN's with packed weights)."""
+    sizes = []
 
-    def spy(x, weight, *args, **kwargs):
-        sizes.append(weight.shape[-1])
-        return conv2d(x, weight, *args, **kwargs)
+    def spy(conv):
+        def run(x, weight, *args, **kwargs):
+            sizes.append(weight.shape[-1])
+            return conv(x, weight, *args, **kwargs)
+        return run
 
-    monkeypatch.setattr(F, "conv2d", spy)
+    monkeypatch.setattr(F, "conv2d", spy(F.conv2d))
+    if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", spy(torch.ops.mkldnn._convolution_pointwise))
     return sizes
 
 

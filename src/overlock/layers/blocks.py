@@ -10,11 +10,12 @@ from .contmix import ContMixMixer, bilinear, conv_ffn, residual, upsized_for_ker
 from .conv import DilatedRepConv, ResDWConv
 from .fused import FusedSequential, run_fused
 from .norm import GRN, LayerNorm2d
+from .prepared import OwnsPreparedWeights, PreparedWeights
 from .scale import LayerScale
 from .se import SEModule
 
 
-class RepConvBlock(nn.Module):
+class RepConvBlock(OwnsPreparedWeights):
     """Base-Net and Overview-Net block: residual depthwise conv, then a large-kernel
     Dilated RepConv mixer with SE fused with a GRN ConvFFN in one residual branch."""
 
@@ -41,11 +42,12 @@ class RepConvBlock(nn.Module):
             DropPath(drop_path) if drop_path > 0 else nn.Identity(),
         )
         self.ls = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
+        self.prepared = PreparedWeights()  # the prepared convolutions of ``proj``
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.dwconv(x)
         *layers, drop_path = self.proj
-        branch = run_fused(layers, x)
+        branch = run_fused(layers, x, self.prepared)
         return residual(x, branch, self.ls, drop_path, self.res_scale)
 
 

@@ -1,12 +1,15 @@
 """Convolutions: residual depthwise conv and the Dilated RepConv of UniRepLKNet."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 from ..ops.depthwise import depthwise_conv2d, dilated_to_dense
+from .prepared import OwnsPreparedWeights, PreparedConv, PreparedWeights, kernel_choice, packing_applies, prepare_conv
 
 # large kernel -> (branch kernel sizes, branch dilations), the UniRepLKNet defaults used by OverLoCK
 DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -21,10 +24,11 @@ DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
-class ResDWConv(nn.Conv2d):
+class ResDWConv(OwnsPreparedWeights, nn.Conv2d):
     """Depthwise conv with a residual connection: x + dwconv(x).
 
-    The identity is folded into the kernel's centre tap, so the sum costs no extra pass over the map.
+    The identity is folded into the kernel's centre tap, so the sum costs no extra pass over the map; CPU
+    inference keeps that kernel prepared (``overlock.layers.prepared``).
     """
 
     def __init__(self, dim: int, kernel_size: int = 3):
@@ -32,9 +36,16 @@ class ResDWConv(nn.Conv2d):
         identity = torch.zeros_like(self.weight)
         identity[:, :, kernel_size // 2, kernel_size // 2] = 1
         self.register_buffer("identity", identity, persistent=False)  # not in the state dict
+        self.prepared = PreparedWeights()
 
     def forward(self, x: Tensor) -> Tensor:
+        sources = (self.weight, self.bias, self.identity)
+        if packing_applies(x, *sources):
+            return self.prepared.get(0, sources, kernel_choice(self), partial(self._packed, x))(x)
         return F.conv2d(x, self.weight + self.identity, self.bias, padding=self.padding, groups=self.groups)
+
+    def _packed(self, x: Tensor) -> PreparedConv:
+        return prepare_conv(x, self, self.weight + self.identity, self.bias, pack=True)
 
 
 @register_notrace_module  # device-dependent backward choice: a leaf for torch.fx

@@ -9,25 +9,25 @@ Three fusions, each exact up to float rounding, chosen per call from the layers 
 - inference: GRN and SE rescale a map made inside the sequence in place, which saves a map-sized
   allocation (on large maps, fresh pages cost about as much as the pass itself).
 
-Folding works on weight-sized tensors only, so parameters and state-dict keys stay exactly the official
-ones. Training mode, or anything that needs gradients, runs the layers as they are (BatchNorm folding
+In CPU inference the folded weights are made once and kept, already in oneDNN's layout, until a parameter
+changes (``overlock.layers.prepared``). Folding works on weight-sized tensors only, so parameters and
+state-dict keys stay exactly the official ones. Training mode, or anything that needs gradients, runs the layers as they are (BatchNorm folding
 only needs eval mode, since it is differentiable).
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.depthwise import forward_kernel, needs_grad
 from .conv import DilatedRepConv, ResDWConv, bn_scale, fuse_conv_bn
 from .norm import GRN
+from .prepared import (
+    ONEDNN_POINTWISE, OwnsPreparedWeights, PreparedConv, PreparedWeights, kernel_choice, packing_applies, prepare_conv,
+    runs_without_grad,
+)
 from .se import SEModule
-
-# oneDNN's convolution with a fused element-wise post-op (what TorchInductor's CPU backend emits)
-_ONEDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -49,10 +49,6 @@ def _as_conv(m: nn.Module | None) -> nn.Conv2d | None:
     return None
 
 
-def _effective_weight(conv: nn.Conv2d) -> Tensor:
-    return conv.weight + conv.identity if isinstance(conv, ResDWConv) else conv.weight
-
-
 def _is_pointwise(m: nn.Module | None) -> bool:
     return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.padding == (0, 0) \
         and m.stride == (1, 1)
@@ -67,14 +63,9 @@ def _post_op(m: nn.Module | None) -> str | None:
     return None
 
 
-def runs_without_grad(x: Tensor, *params: Tensor | None) -> bool:
-    """True for a real tensor (not an fx proxy) when no gradient is needed through ``x`` or ``params``."""
-    return isinstance(x, Tensor) and not needs_grad(x, *params)
-
-
 def _onednn_post_op_ok(x: Tensor, conv: nn.Conv2d) -> bool:
     return (
-        _ONEDNN_POINTWISE
+        ONEDNN_POINTWISE
         and not torch.compiler.is_compiling()  # TorchInductor fuses conv + activation itself
         and runs_without_grad(x, conv.weight, conv.bias)
         and x.device.type == "cpu"
@@ -83,28 +74,38 @@ def _onednn_post_op_ok(x: Tensor, conv: nn.Conv2d) -> bool:
     )
 
 
-def _forward_kernel(x: Tensor, conv: nn.Conv2d, weight: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """The (weight, padding) to run ``conv`` with ``weight`` on ``x``: a stride-1 'same' depthwise kernel that
-    oneDNN is slow at, when no gradient is needed, zero-padded to a size it is fast at (``forward_kernel``)."""
-    depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.stride == conv.dilation == (1, 1)
-    if depthwise and conv.padding[0] == conv.padding[1] and runs_without_grad(x, weight):
-        weight, padding = forward_kernel(x, weight, conv.padding[0])
-        return weight, (padding, padding)
-    return weight, conv.padding
+def _conv_sources(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor | None, ...]:
+    """The tensors a (BN-folded) convolution's weight and bias are made of."""
+    tensors = (conv.weight, conv.bias, conv.identity if isinstance(conv, ResDWConv) else None)
+    if bn is None:
+        return tensors
+    return (*tensors, bn.weight, bn.bias, bn.running_mean, bn.running_var)
 
 
-def _conv(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``conv``'s geometry with ``weight`` and ``bias``."""
-    weight, padding = _forward_kernel(x, conv, weight)
-    return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor | None]:
+    """Weight and bias of ``conv`` followed by ``bn`` (when given)."""
+    weight = conv.weight + conv.identity if isinstance(conv, ResDWConv) else conv.weight
+    return (weight, conv.bias) if bn is None else fuse_conv_bn(weight, conv.bias, bn)
 
 
-def _conv_activation(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, post_op: str) -> Tensor:
-    """``conv``'s geometry with ``weight`` and ``bias``, then the activation ``post_op``, as one oneDNN call."""
-    weight, padding = _forward_kernel(x, conv, weight)
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, bias, padding, conv.stride, conv.dilation, conv.groups, post_op, [], "none"
-    )
+def _bn_then_pointwise(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``bn`` followed by the 1x1 ``conv``."""
+    scale, shift = _bn_affine(bn)
+    weight = conv.weight * scale.reshape(1, -1, 1, 1)
+    bias = conv.weight.flatten(1) @ shift
+    return weight, bias if conv.bias is None else bias + conv.bias
+
+
+def _prepared(
+    cache: PreparedWeights | None, index: int, x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d | None,
+    sources: tuple[Tensor | None, ...], weights: Callable[[], tuple[Tensor, Tensor | None]],
+) -> PreparedConv:
+    """``conv`` with the weight and bias ``weights()`` makes (``bn`` folded in): from ``cache``, packed, where
+    that applies."""
+    if cache is not None and packing_applies(x, *sources):
+        extra = (None if bn is None else bn.eps, kernel_choice(conv))
+        return cache.get(index, sources, extra, lambda: prepare_conv(x, conv, *weights(), pack=True))
+    return prepare_conv(x, conv, *weights())
 
 
 def shares_no_memory(x: Tensor, source: Tensor) -> bool:
@@ -115,8 +116,11 @@ def shares_no_memory(x: Tensor, source: Tensor) -> bool:
     return x.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
 
 
-def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> Tensor:
-    """Apply ``layers`` in order, fusing neighbours where the module docstring says it pays."""
+def run_fused(
+    layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor, cache: PreparedWeights | None = None
+) -> Tensor:
+    """Apply ``layers`` in order, fusing neighbours where the module docstring says it pays; ``cache`` keeps the
+    prepared convolutions of CPU inference between calls (``overlock.layers.prepared``)."""
     layers = list(layers)
     source = x
     i = 0
@@ -125,26 +129,20 @@ def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> T
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         conv = _as_conv(layer)
         if conv is not None:
-            weight, bias, used = None, conv.bias, 1
-            if _foldable(nxt):  # conv -> BN
-                weight, bias = fuse_conv_bn(_effective_weight(conv), conv.bias, nxt)
-                used = 2
+            bn = nxt if _foldable(nxt) else None
+            used = 1 if bn is None else 2
             post_op = _post_op(layers[i + used] if i + used < len(layers) else None)
-            if post_op is not None and _onednn_post_op_ok(x, conv):  # conv (-> BN) -> GELU or SiLU
-                x = _conv_activation(x, conv, _effective_weight(conv) if weight is None else weight, bias, post_op)
-                used += 1
-            elif weight is not None:
-                x = _conv(x, conv, weight, bias)
+            if post_op is not None and not _onednn_post_op_ok(x, conv):
+                post_op = None
+            sources = _conv_sources(conv, bn)
+            if bn is None and post_op is None and not packing_applies(x, *sources):
+                x = layer(x)  # as the layer computes itself (its own gradients)
             else:
-                x = layer(x)
-            i += used
+                x = _prepared(cache, i, x, conv, bn, sources, lambda: _folded(conv, bn))(x, post_op)
+            i += used + (post_op is not None)
         elif _foldable(layer) and _is_pointwise(nxt):  # BN -> 1x1 conv
-            scale, shift = _bn_affine(layer)
-            weight = nxt.weight * scale.reshape(1, -1, 1, 1)
-            bias = nxt.weight.flatten(1) @ shift
-            if nxt.bias is not None:
-                bias = bias + nxt.bias
-            x = F.conv2d(x, weight, bias)
+            sources = (layer.weight, layer.bias, layer.running_mean, layer.running_var, nxt.weight, nxt.bias)
+            x = _prepared(cache, i, x, nxt, layer, sources, lambda: _bn_then_pointwise(layer, nxt))(x)
             i += 2
         elif (
             isinstance(layer, (GRN, SEModule))
@@ -159,8 +157,12 @@ def run_fused(layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor) -> T
     return x
 
 
-class FusedSequential(nn.Sequential):
+class FusedSequential(OwnsPreparedWeights, nn.Sequential):
     """``nn.Sequential`` (same children, same state-dict keys) that fuses neighbouring layers (see module doc)."""
 
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers)
+        self.prepared = PreparedWeights()
+
     def forward(self, x: Tensor) -> Tensor:
-        return run_fused(self, x)
+        return run_fused(self, x, self.prepared)

@@ -59,7 +59,9 @@ def kernels_as_given() -> Iterator[None]:
         _AS_GIVEN.reset(token)
 
 
-def _padding_enabled() -> bool:
+def kernel_padding_enabled() -> bool:
+    """Whether kernels of ``SLOW_KERNEL_SIZES`` run padded here and now (``kernels_as_given``, the environment
+    override, oneDNN's instruction set)."""
     if _AS_GIVEN.get():
         return False
     setting = os.environ.get(PAD_ENV_VAR, "auto").strip().lower()
@@ -70,6 +72,11 @@ def _padding_enabled() -> bool:
     return setting == "on"
 
 
+def pads_kernel_size(size: int) -> bool:
+    """Whether ``forward_kernel`` may pad square kernels of this size."""
+    return size in SLOW_KERNEL_SIZES
+
+
 def forward_kernel(x: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, int]:
     """The (weight, padding) to run the forward pass of a stride-1 'same' depthwise conv of ``x`` with.
 
@@ -78,14 +85,14 @@ def forward_kernel(x: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, int
     """
     size = weight.shape[-1]
     if (
-        size in SLOW_KERNEL_SIZES
+        pads_kernel_size(size)
         and weight.shape[-2] == size
         and padding == size // 2
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
-        and _padding_enabled()
+        and kernel_padding_enabled()
     ):
         border = (PADDED_KERNEL_SIZE - size) // 2
         return F.pad(weight, [border] * 4), padding + border
