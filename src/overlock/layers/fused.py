@@ -11,11 +11,12 @@ Three fusions, each exact up to float rounding, chosen per call from the layers 
 
 In CPU inference the folded weights are made once and kept, already in oneDNN's layout, until a parameter
 changes (``overlock.layers.prepared``). Folding works on weight-sized tensors only, so parameters and
-state-dict keys stay exactly the official ones. Training mode, or anything that needs gradients, runs the layers as they are (BatchNorm folding
-only needs eval mode, since it is differentiable).
+state-dict keys stay exactly the official ones. Training mode, or anything that needs gradients, runs the
+layers as they are (BatchNorm folding only needs eval mode, since it is differentiable).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -98,11 +99,11 @@ def _bn_then_pointwise(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> tuple[Tensor, Ten
 
 def _prepared(
     cache: PreparedWeights | None, index: int, x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d | None,
-    sources: tuple[Tensor | None, ...], weights: Callable[[], tuple[Tensor, Tensor | None]],
+    sources: tuple[Tensor | None, ...], weights: Callable[[], tuple[Tensor, Tensor | None]], packable: bool,
 ) -> PreparedConv:
-    """``conv`` with the weight and bias ``weights()`` makes (``bn`` folded in): from ``cache``, packed, where
-    that applies."""
-    if cache is not None and packing_applies(x, *sources):
+    """``conv`` with the weight and bias ``weights()`` makes (``bn`` folded in): from ``cache``, packed, when
+    there is a cache and ``packable`` (``packing_applies``)."""
+    if cache is not None and packable:
         extra = (None if bn is None else bn.eps, kernel_choice(conv))
         return cache.get(index, sources, extra, lambda: prepare_conv(x, conv, *weights(), pack=True))
     return prepare_conv(x, conv, *weights())
@@ -135,14 +136,16 @@ def run_fused(
             if post_op is not None and not _onednn_post_op_ok(x, conv):
                 post_op = None
             sources = _conv_sources(conv, bn)
-            if bn is None and post_op is None and not packing_applies(x, *sources):
+            packable = packing_applies(x, *sources)
+            if bn is None and post_op is None and not packable:
                 x = layer(x)  # as the layer computes itself (its own gradients)
             else:
-                x = _prepared(cache, i, x, conv, bn, sources, lambda: _folded(conv, bn))(x, post_op)
+                x = _prepared(cache, i, x, conv, bn, sources, partial(_folded, conv, bn), packable)(x, post_op)
             i += used + (post_op is not None)
         elif _foldable(layer) and _is_pointwise(nxt):  # BN -> 1x1 conv
             sources = (layer.weight, layer.bias, layer.running_mean, layer.running_var, nxt.weight, nxt.bias)
-            x = _prepared(cache, i, x, nxt, layer, sources, lambda: _bn_then_pointwise(layer, nxt))(x)
+            build = partial(_bn_then_pointwise, layer, nxt)
+            x = _prepared(cache, i, x, nxt, layer, sources, build, packing_applies(x, *sources))(x)
             i += 2
         elif (
             isinstance(layer, (GRN, SEModule))

@@ -1,0 +1,59 @@
+"""Whole-model CPU inference with and without prepared convolution weights (``overlock.layers.prepared``).
+
+One model (deploy form, eval mode, no gradients) is run alternately with ``OVERLOCK_PACKED_WEIGHTS`` at
+``off`` (every call folds its BatchNorm and oneDNN reorders the weight) and ``auto`` (weights kept folded and
+packed), in one process; it prints the medians, and the median and range over rounds of the paired ratio
+(time prepared / time as given), which a slow spell of the machine moves less than the medians.
+
+    python benchmarks/prepared_weights.py overlock_xt --threads 2 --iters 25
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import timm
+import torch
+
+import overlock  # noqa: F401 - registers the models
+from overlock.layers.prepared import PACK_ENV_VAR
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default="overlock_xt")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--iters", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = timm.create_model(args.model).eval()
+    timm.utils.reparameterize_model(model, inplace=True)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    settings = ("off", "auto")
+    times: dict[str, list[float]] = {s: [] for s in settings}
+    outputs = {}
+    with torch.no_grad():
+        for i in range(args.iters + 1):
+            for setting in settings:
+                os.environ[PACK_ENV_VAR] = setting
+                start = time.perf_counter()
+                outputs[setting] = model(x)
+                if i:  # the first round warms up (and prepares the weights)
+                    times[setting].append(time.perf_counter() - start)
+    difference = (outputs["off"] - outputs["auto"]).abs().max().item()
+    ratios = [prepared / given for given, prepared in zip(times["off"], times["auto"])]
+    print(f"{args.model}, batch {args.batch_size}, {args.img_size} px, {torch.get_num_threads()} threads, "
+          f"{args.iters} rounds; largest output difference {difference:.2e}")
+    print(f"weights as given: {1000 * statistics.median(times['off']):.1f} ms, "
+          f"prepared: {1000 * statistics.median(times['auto']):.1f} ms")
+    print(f"prepared / as given, paired: median {statistics.median(ratios):.3f} "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()
