@@ -1,8 +1,9 @@
 """Where a model's inference time goes: wall-clock time of each top-level stage and block, medians.
 
 Forward hooks time every direct child of the model (for a ``ModuleList`` stage, each of its blocks) over
-several inference passes in one process; the table lists each part's median and its share of the median
-whole pass (the parts' sum differs from the whole by the hooks and the glue between them).
+several inference passes in one process; the table lists each part's median time a pass and its share of the
+median whole pass (the parts' sum differs from the whole by the hooks and the glue between them). The stem
+and the stage-1 blocks, which CPU inference runs on parts of the batch, count the sum of their calls.
 
     python benchmarks/block_times.py overlock_xt --threads 2 --batch-size 8 --iters 7
 """
@@ -35,22 +36,26 @@ def block_times(name: str, batch_size: int, img_size: int, iters: int, warmup: i
     model = timm.create_model(name).eval()
     timm.utils.reparameterize_model(model, inplace=True)
     x = torch.randn(batch_size, 3, img_size, img_size)
-    times: dict[str, list[float]] = defaultdict(list)
+    # seconds of each part in the current pass: a part called more than once a pass adds up its calls
+    this_pass: dict[str, float] = defaultdict(float)
     starts: dict[str, float] = {}
     for part, module in timed_parts(model):
         module.register_forward_pre_hook(lambda m, args, part=part: starts.__setitem__(part, time.perf_counter()))
         module.register_forward_hook(
-            lambda m, args, out, part=part: times[part].append(time.perf_counter() - starts[part])
+            lambda m, args, out, part=part: this_pass.__setitem__(
+                part, this_pass[part] + time.perf_counter() - starts[part]
+            )
         )
-    whole = []
+    whole, times = [], defaultdict(list)
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        times.clear()
-        for _ in range(iters):
+        for i in range(warmup + iters):
+            this_pass.clear()
             start = time.perf_counter()
             model(x)
-            whole.append(time.perf_counter() - start)
+            if i >= warmup:
+                whole.append(time.perf_counter() - start)
+                for part, seconds in this_pass.items():
+                    times[part].append(seconds)
     return statistics.median(whole), {part: statistics.median(t) for part, t in times.items()}
 
 
