@@ -145,6 +145,14 @@ def test_count_macs_sees_the_kernels_as_given_after_padded_inference(monkeypatch
     assert count_macs(seq, (8, 14, 14)) == 8 * 14 * 14 * 13 * 13
 
 
+@needs_packing
+def test_unknown_setting_is_named(monkeypatch):
+    monkeypatch.setenv(PACK_ENV_VAR, "sometimes")
+    with pytest.raises(ValueError, match="OVERLOCK_PACKED_WEIGHTS must be 'auto' or 'off', got 'sometimes'"), \
+            torch.no_grad():
+        _stack()(torch.randn(1, 3, 8, 8).contiguous(memory_format=CL))
+
+
 def test_cache_entries_are_remade_when_a_source_or_extra_changes():
     """The cache's own rule, independent of oneDNN."""
     cache, made = PreparedWeights(), []

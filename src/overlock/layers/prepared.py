@@ -102,8 +102,15 @@ def packing_applies(x: Tensor, *params: Tensor | None) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and runs_without_grad(x, *params)
         and all(p is None or (p.dtype == torch.float32 and not p.is_inference()) for p in params)
-        and os.environ.get(PACK_ENV_VAR, "auto").strip().lower() != "off"
+        and _packing_enabled()
     )
+
+
+def _packing_enabled() -> bool:
+    setting = os.environ.get(PACK_ENV_VAR, "auto").strip().lower()
+    if setting not in ("auto", "off"):
+        raise ValueError(f"{PACK_ENV_VAR} must be 'auto' or 'off', got {setting!r}")
+    return setting == "auto"
 
 
 def kernel_choice(conv: nn.Conv2d) -> bool | None:
