@@ -2,11 +2,12 @@
 
 Run as given, every inference call of a convolution re-derives its weight (BatchNorm folded in, the residual
 identity added, a 13x13 kernel zero-padded to 15x15), and oneDNN then copies that weight into its blocked
-layout before it convolves: a handful of small operations and a weight-sized reorder per call, about a
-sixth of a millisecond each, and OverLoCK-XT makes 175 such calls a pass. ``PreparedWeights`` keeps the
-derived weight already in oneDNN's layout, made on first use and made again when a tensor it came from has
-changed: another storage, or an in-place write (an optimiser step, ``load_state_dict``, BatchNorm
-statistics updated in training). Moving or casting the owner (``.to``, ``.half``) empties it.
+layout before it convolves: a handful of small operations and a weight-sized reorder per call, 177 reorders
+in an OverLoCK-XT pass (``benchmarks/prepared_weights.py`` counts them and times both ways).
+``PreparedWeights`` keeps the derived weight already in oneDNN's layout, made on first use and made again
+when a tensor it came from has changed: another storage, or an in-place write (an optimiser step,
+``load_state_dict``, BatchNorm statistics updated in training). Moving or casting the owner (``.to``,
+``.half``) empties it.
 
 It applies to channels-last float32 CPU maps without gradients, on x86 builds of PyTorch with oneDNN, and
 never while compiling (TorchInductor prepares weights itself). ``OVERLOCK_PACKED_WEIGHTS=off`` turns it off
