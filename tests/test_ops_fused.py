@@ -72,9 +72,10 @@ def test_fused_matches_reference(shape, budget, layout, monkeypatch, fused_calls
     assert is_planar(from_factors) == is_planar(from_dense) == (layout == "planar")
 
 
-def test_fused_kernel_memory_bounded():
+def test_fused_kernel_memory_bounded(monkeypatch):
     """From factors, no intermediate outgrows a block's band buffer or the value: never the full weights, never a
     K^2 copy of the value (a 60x90 map with K = 7, 2 images of 2 groups: weights 1.06 M, value 0.35 M floats)."""
+    monkeypatch.setattr(cpu, "BAND_PER_BLOCK", 1 << 18)  # well below the weights
     logits, value, _ = _inputs(2, 2, 60, 90, 16, 7, 8, dtype=torch.float32)
     bias = torch.zeros(1, 60 * 90, 49).expand(2, -1, -1)
     weights = 2 * 2 * 60 * 90 * 49
