@@ -33,8 +33,9 @@ from .reference import window_starts
 
 # band buffer of one block of ``softmax_av_forward`` (floats; 4 MiB in float32, about half of it per core when
 # two threads split the block's matmuls): the block's logits and weights (K/W of it) and its band stay in cache
-# between the steps, and small maps take few, large steps. Whole XT passes took 0.977 of their time with 2 MiB
-# and 1.085 with 8 MiB (paired, ``python benchmarks/band_per_block.py overlock_xt --threads 2 --iters 20``).
+# between the steps, and small maps take few, large steps. Whole XT passes took 0.977 of the time they take with
+# 2 MiB blocks, and 8 MiB blocks 1.085 of it (paired, ``python benchmarks/band_per_block.py overlock_xt
+# --threads 2 --iters 20``).
 BAND_PER_BLOCK = 1 << 20
 
 
