@@ -8,32 +8,21 @@ budget's in the same round.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
-import timm
 import torch
+from model_args import deploy_model, model_parser
 
-import overlock  # noqa: F401 - registers the models
 from overlock.ops import cpu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", default="overlock_xt")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--iters", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
+    parser = model_parser(__doc__.splitlines()[0], iters=15)
     parser.add_argument("--budgets", type=int, nargs="+", default=[1 << 19, 1 << 20, 1 << 21],
                         help="band buffer sizes (floats); the first is the base of the ratios")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = timm.create_model(args.model).eval()
-    timm.utils.reparameterize_model(model, inplace=True)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    model, x = deploy_model(args)
     times: dict[int, list[float]] = {b: [] for b in args.budgets}
     with torch.no_grad():
         for i in range(args.iters + 1):

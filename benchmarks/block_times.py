@@ -9,15 +9,12 @@ and the stage-1 blocks, which CPU inference runs on parts of the batch, count th
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections import defaultdict
 
-import timm
 import torch
-
-import overlock  # noqa: F401 - registers the models
+from model_args import deploy_model, model_parser
 
 
 def timed_parts(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -31,11 +28,8 @@ def timed_parts(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return parts
 
 
-def block_times(name: str, batch_size: int, img_size: int, iters: int, warmup: int) -> tuple[float, dict]:
-    """Median seconds of a whole pass and of each part, for the deploy form of ``name`` in eval mode."""
-    model = timm.create_model(name).eval()
-    timm.utils.reparameterize_model(model, inplace=True)
-    x = torch.randn(batch_size, 3, img_size, img_size)
+def block_times(model: torch.nn.Module, x: torch.Tensor, iters: int, warmup: int) -> tuple[float, dict]:
+    """Median seconds of a whole pass of ``model`` on ``x`` and of each of its parts."""
     # seconds of each part in the current pass: a part called more than once a pass adds up its calls
     this_pass: dict[str, float] = defaultdict(float)
     starts: dict[str, float] = {}
@@ -60,17 +54,11 @@ def block_times(name: str, batch_size: int, img_size: int, iters: int, warmup: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", default="overlock_xt")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--iters", type=int, default=7)
+    parser = model_parser(__doc__.splitlines()[0], iters=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    whole, parts = block_times(args.model, args.batch_size, args.img_size, args.iters, args.warmup)
+    model, x = deploy_model(args)
+    whole, parts = block_times(model, x, args.iters, args.warmup)
     print(f"{args.model}, batch {args.batch_size}, {args.img_size} px, {torch.get_num_threads()} threads: "
           f"{1000 * whole:.1f} ms a pass (median of {args.iters})")
     for part, seconds in parts.items():

@@ -9,30 +9,19 @@ parts the model chooses.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
-import timm
 import torch
+from model_args import deploy_model, model_parser
 
-import overlock  # noqa: F401 - registers the models
 from overlock.models.overlock import compute_layout
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", default="overlock_xt")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--iters", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = timm.create_model(args.model).eval()
-    timm.utils.reparameterize_model(model, inplace=True)
-    x = compute_layout(torch.randn(args.batch_size, 3, args.img_size, args.img_size))
+    args = model_parser(__doc__.splitlines()[0], iters=15).parse_args()
+    model, x = deploy_model(args)
+    x = compute_layout(x)
     parts = [n for n in (1, 2, 4, 8) if n <= args.batch_size]
     times: dict[int, list[float]] = {n: [] for n in parts}
     with torch.inference_mode():
