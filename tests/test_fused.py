@@ -59,10 +59,10 @@ def test_training_mode_runs_layers_unchanged():
 def test_conv_bn_activation_runs_as_one_onednn_call_in_cpu_inference(monkeypatch):
     """conv (-> BN) -> GELU or SiLU in inference becomes one oneDNN conv with that post-op, same outputs; with
     gradients needed the layers run as they are."""
-    from overlock.layers import fused
+    from overlock.layers import prepared
     from overlock.layers.conv import ResDWConv
 
-    if not fused.ONEDNN_POINTWISE:
+    if not prepared.ONEDNN_POINTWISE:
         pytest.skip("this PyTorch build has no oneDNN pointwise convolution")
     plain, folding = _pair(
         nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.GELU(),  # conv -> BN -> GELU

@@ -38,14 +38,22 @@ class ResDWConv(OwnsPreparedWeights, nn.Conv2d):
         self.register_buffer("identity", identity, persistent=False)  # not in the state dict
         self.prepared = PreparedWeights()
 
+    def kernel(self) -> Tensor:
+        """The depthwise kernel with the identity in its centre tap."""
+        return self.weight + self.identity
+
+    def sources(self) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The tensors ``kernel()`` and the bias are made of."""
+        return self.weight, self.bias, self.identity
+
     def forward(self, x: Tensor) -> Tensor:
-        sources = (self.weight, self.bias, self.identity)
+        sources = self.sources()
         if packing_applies(x, *sources):
             return self.prepared.get(0, sources, kernel_choice(self), partial(self._packed, x))(x)
-        return F.conv2d(x, self.weight + self.identity, self.bias, padding=self.padding, groups=self.groups)
+        return F.conv2d(x, self.kernel(), self.bias, padding=self.padding, groups=self.groups)
 
     def _packed(self, x: Tensor) -> PreparedConv:
-        return prepare_conv(x, self, self.weight + self.identity, self.bias, pack=True)
+        return prepare_conv(x, self, self.kernel(), self.bias, pack=True)
 
 
 @register_notrace_module  # device-dependent backward choice: a leaf for torch.fx

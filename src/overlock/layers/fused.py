@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .conv import DilatedRepConv, ResDWConv, bn_scale, fuse_conv_bn
 from .norm import GRN
 from .prepared import (
-    ONEDNN_POINTWISE, OwnsPreparedWeights, PreparedConv, PreparedWeights, kernel_choice, packing_applies, prepare_conv,
+    OwnsPreparedWeights, PreparedConv, PreparedWeights, kernel_choice, onednn_inference, packing_applies, prepare_conv,
     runs_without_grad,
 )
 from .se import SEModule
@@ -64,20 +64,9 @@ def _post_op(m: nn.Module | None) -> str | None:
     return None
 
 
-def _onednn_post_op_ok(x: Tensor, conv: nn.Conv2d) -> bool:
-    return (
-        ONEDNN_POINTWISE
-        and not torch.compiler.is_compiling()  # TorchInductor fuses conv + activation itself
-        and runs_without_grad(x, conv.weight, conv.bias)
-        and x.device.type == "cpu"
-        and x.dtype == conv.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    )
-
-
 def _conv_sources(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor | None, ...]:
     """The tensors a (BN-folded) convolution's weight and bias are made of."""
-    tensors = (conv.weight, conv.bias, conv.identity if isinstance(conv, ResDWConv) else None)
+    tensors = conv.sources() if isinstance(conv, ResDWConv) else (conv.weight, conv.bias)
     if bn is None:
         return tensors
     return (*tensors, bn.weight, bn.bias, bn.running_mean, bn.running_var)
@@ -85,7 +74,7 @@ def _conv_sources(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor | 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor | None]:
     """Weight and bias of ``conv`` followed by ``bn`` (when given)."""
-    weight = conv.weight + conv.identity if isinstance(conv, ResDWConv) else conv.weight
+    weight = conv.kernel() if isinstance(conv, ResDWConv) else conv.weight
     return (weight, conv.bias) if bn is None else fuse_conv_bn(weight, conv.bias, bn)
 
 
@@ -133,10 +122,10 @@ def run_fused(
             bn = nxt if _foldable(nxt) else None
             used = 1 if bn is None else 2
             post_op = _post_op(layers[i + used] if i + used < len(layers) else None)
-            if post_op is not None and not _onednn_post_op_ok(x, conv):
-                post_op = None
             sources = _conv_sources(conv, bn)
             packable = packing_applies(x, *sources)
+            if post_op is not None and not (packable or onednn_inference(x, conv.weight, conv.bias)):
+                post_op = None  # oneDNN fuses the activation only in CPU inference
             if bn is None and post_op is None and not packable:
                 x = layer(x)  # as the layer computes itself (its own gradients)
             else:

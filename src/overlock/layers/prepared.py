@@ -90,19 +90,29 @@ def runs_without_grad(x: Tensor, *params: Tensor | None) -> bool:
     return isinstance(x, Tensor) and not needs_grad(x, *params)
 
 
+def onednn_inference(x: Tensor, *params: Tensor | None) -> bool:
+    """Whether a convolution of ``x`` with ``params`` may go straight to oneDNN: float32 CPU tensors, no
+    gradient needed, no autocast, not compiling (TorchInductor plans its own oneDNN calls)."""
+    return (
+        ONEDNN_POINTWISE
+        and isinstance(x, Tensor)  # not an fx proxy
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+        and runs_without_grad(x, *params)
+        and all(p is None or p.dtype == torch.float32 for p in params)
+    )
+
+
 def packing_applies(x: Tensor, *params: Tensor | None) -> bool:
     """Whether a convolution of ``x`` with ``params`` may run from a cached, oneDNN-packed weight (module doc)."""
     return (
         _ONEDNN_PACKING
-        and isinstance(x, Tensor)  # not an fx proxy
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and onednn_inference(x, *params)
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
-        and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled("cpu")
-        and runs_without_grad(x, *params)
-        and all(p is None or (p.dtype == torch.float32 and not p.is_inference()) for p in params)
+        and not any(p is not None and p.is_inference() for p in params)
         and _packing_enabled()
     )
 
