@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "benchmark": "throughput, latency and memory against other timm models",
     "erf": "effective receptive field of a model, as a heat map",
     "cam": "Grad-CAM class-activation map of a prediction",
+    "data": "write a dataset as image-folder trees (Fashion-MNIST as PNGs)",
 }
 
 

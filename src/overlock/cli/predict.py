@@ -1,8 +1,8 @@
-"""``overlock predict IMAGE...``: top-k classes of images, with ImageNet class names for 1000-class models."""
+"""``overlock predict IMAGE...``: top-k classes of images, named by the model's classes (a run's class names,
+ImageNet's for 1000-class models) or numbered when the model does not name them."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,24 +14,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    from overlock.train.models import load_for_eval
+    from overlock.inference import load_image, load_model, prepare_for_inference
+    from overlock.train.checkpoint import CheckpointError
 
-    loaded = load_for_eval(args.model, args.weights)
-    for path in args.images:
-        if not Path(path).is_file():
-            raise SystemExit(f"image not found: {path}")
-        try:
-            with Image.open(path) as img:
-                x = loaded.transform(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise SystemExit(f"cannot read image {path}: {exc}") from exc
-        with torch.no_grad():
-            probs = loaded.model(x[None]).softmax(-1)[0]
-        top = probs.topk(min(args.top_k, len(probs)))
-        print(path)
-        for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            label = loaded.classes[i] if loaded.classes else str(i)
-            print(f"  {p * 100:6.2f}%  {i:>4}  {label}")
+    try:
+        loaded = load_model(args.model, args.weights)
+        model = prepare_for_inference(loaded.model)
+        for path in args.images:
+            x = load_image(path, loaded.transform)
+            with torch.no_grad():
+                probs = model(x[None]).softmax(-1)[0]
+            top = probs.topk(min(args.top_k, len(probs)))
+            print(path)
+            for p, i in zip(top.values.tolist(), top.indices.tolist()):
+                print(f"  {p * 100:6.2f}%  {i:>4}  {loaded.label(i)}")
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"overlock predict: {exc}") from exc
     return 0

@@ -25,6 +25,8 @@ _HELP = {
     "save_every": "also checkpoint every N optimizer steps",
     "max_steps": "stop after N optimizer steps (0: no limit)",
     "bn_eval": "keep BatchNorm statistics frozen while training",
+    "skip_unknown_classes": "leave out (with a warning) val/ class folders that match no train/ class, "
+                            "instead of stopping",
 }
 _CHOICES = {"amp": ("none", "bf16", "fp16"), "dataset": ("folder", "fashion_mnist")}
 

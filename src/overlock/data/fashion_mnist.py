@@ -11,6 +11,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .class_folders import folder_name
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -69,6 +71,32 @@ class FashionMNIST(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[index])
+
+
+FASHION_MNIST_SPLIT_FOLDERS = {"train": "train", "test": "val"}  # the layout `overlock train --data-dir` reads
+
+
+def write_fashion_mnist_folders(
+    out: str | Path, root: str | Path | None = None, train_limit: int | None = None, test_limit: int | None = None
+) -> dict[str, int]:
+    """Write Fashion-MNIST as PNG image-folder trees, ``out/train/FOLDER/`` (training split) and
+    ``out/val/FOLDER/`` (test split), each class in its documented folder (``T-shirt/top`` in ``T-shirt%2Ftop``).
+
+    ``train_limit``/``test_limit``: write only the first N images of that split. Returns the images written per
+    split.
+    """
+    out = Path(out)
+    written = {}
+    for split, limit in (("train", train_limit), ("test", test_limit)):
+        data = FashionMNIST(split, root)
+        folders = [out / FASHION_MNIST_SPLIT_FOLDERS[split] / folder_name(c, data.classes) for c in data.classes]
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        count = len(data) if limit is None else min(limit, len(data))
+        for i in range(count):
+            Image.fromarray(data.images[i, 0].numpy()).save(folders[int(data.targets[i])] / f"{i:05d}.png")
+        written[split] = count
+    return written
 
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530

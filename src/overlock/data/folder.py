@@ -1,4 +1,4 @@
-"""ImageNet-style folder trees (``ROOT/CLASS/*.jpg``) that skip and count corrupt images."""
+"""ImageNet-style folder trees (``ROOT/CLASS/*.jpg``) matched to class names, skipping and counting corrupt images."""
 from __future__ import annotations
 
 import logging
@@ -10,41 +10,56 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
+from .class_folders import class_folders, classes_from_folders, match_class_folders
+
 _logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
 class ImageFolderDataset(Dataset):
-    """Images under ``root/CLASS/``; class indices follow ``classes`` (default: sorted folder names).
+    """Images under ``root/FOLDER/``, each folder holding one class (see :mod:`overlock.data.class_folders`).
+
+    ``classes``: the class names the targets index (a model's or a training set's); each folder is matched
+    to them by name, so a missing folder leaves the others' targets unchanged. A folder that matches no class
+    is an error, or with ``skip_unknown`` is left out with a warning (counted in ``skipped_folders``). Without
+    ``classes`` the classes are the folders' own, ordered by name (as numbers when all are numbers).
 
     A file that cannot be decoded is logged and yields ``None``, which ``collate_skipping_corrupt``
     drops from the batch and counts.
     """
 
-    def __init__(self, root: str | Path, transform: Callable | None = None, classes: Sequence[str] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable | None = None,
+        classes: Sequence[str] | None = None,
+        skip_unknown: bool = False,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder not found: {root}")
-        found = [d.name for d in root.iterdir() if d.is_dir()]
-        # class folders named 0..N-1 (ImageNet-V2) are ordered as numbers, others by name (WordNet ids)
-        found.sort(key=int if found and all(n.isdigit() for n in found) else None)
-        if not found:
+        folders = class_folders(root)
+        if not folders:
             raise ValueError(f"{root} has no class folders (expected {root}/CLASS/image.jpg)")
-        self.classes = list(classes) if classes is not None else found
-        unknown = sorted(set(found) - set(self.classes))
-        if unknown:
-            raise ValueError(f"{root} has class folders not in the class list: {', '.join(unknown[:10])}")
-        index = {name: i for i, name in enumerate(self.classes)}
+        self.classes = list(classes) if classes is not None else classes_from_folders(folders, str(root))
+        matched = match_class_folders(folders, self.classes, str(root), skip_unknown)
+        self.skipped_folders = sorted(set(folders) - set(matched))
+        if self.skipped_folders:
+            images = sum(len(_images_in(root / f)) for f in self.skipped_folders)
+            _logger.warning("%s: skipping %d class folder(s) (%d images) that match none of the %d classes: %s",
+                            root, len(self.skipped_folders), images, len(self.classes),
+                            ", ".join(repr(f) for f in self.skipped_folders))
         self.samples: list[tuple[Path, int]] = []
         empty = []
-        for name in found:
-            files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for folder, target in sorted(matched.items(), key=lambda item: item[1]):
+            files = _images_in(root / folder)
             if not files:
-                empty.append(name)
-            self.samples += [(p, index[name]) for p in files]
+                empty.append(folder)
+            self.samples += [(p, target) for p in files]
         if empty:
             raise ValueError(f"{root}: empty class folders (no images): {', '.join(empty[:10])}")
+        self.present_classes = len(matched)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -59,6 +74,10 @@ class ImageFolderDataset(Dataset):
             _logger.warning("skipping corrupt image %s: %s", path, exc)
             return None
         return (self.transform(image) if self.transform else image), target
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def collate_skipping_corrupt(batch: list) -> tuple[Tensor, Tensor, int]:

@@ -15,6 +15,7 @@ class TrainConfig:
     pretrained: str | None = None  # checkpoint file to start from (official or ours)
     dataset: str = "folder"  # 'folder' (ROOT/train/CLASS, ROOT/val/CLASS) or 'fashion_mnist'
     data_dir: str | None = None
+    skip_unknown_classes: bool = False  # validation folders that match no training class: skip (else an error)
     num_classes: int | None = None  # default: from the dataset
     img_size: int = 224
     epochs: int = 300
@@ -46,6 +47,11 @@ class TrainConfig:
     output: str = "runs/overlock"
     save_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     max_steps: int = 0  # stop after N optimizer steps in all (0: no limit)
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels of the run's model: 1 for Fashion-MNIST's greyscale images, else 3."""
+        return 1 if self.dataset == "fashion_mnist" else 3
 
     def updated(self, **changes: Any) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import timm
 import torch
 from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -32,12 +31,15 @@ from tqdm import tqdm
 import overlock  # noqa: F401  (registers the models)
 
 from ..data import FashionMNIST, FashionMNISTTransform, ImageFolderDataset, collate_skipping_corrupt
+from ..data.augment import keep_zero_bit_posterize
 from ..data.seeded import SeededDataset, mix_seed
+from ..inference import eval_transform
 from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic
 from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, sync_batchnorm
 from .evaluate import evaluate
 from .loss import overlock_loss
+from .models import build_model
 from .sampler import EpochSampler
 
 _logger = logging.getLogger(__name__)
@@ -49,22 +51,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: training stops instead of going on with broken weights."""
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """The model to train, from a checkpoint file when ``cfg.pretrained`` is set (heads re-initialised
-    when the number of classes differs)."""
-    kwargs: dict[str, Any] = dict(cfg.model_kwargs, num_classes=num_classes, in_chans=in_chans)
-    if cfg.drop_path:
-        kwargs["drop_path_rate"] = cfg.drop_path
-    if cfg.pretrained:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=cfg.pretrained))
-    if cfg.model not in timm.list_models():
-        raise ValueError(f"unknown model {cfg.model!r}")
-    return timm.create_model(cfg.model, **kwargs)
-
-
 def folder_transforms(cfg: TrainConfig, model: nn.Module | None = None) -> tuple[Callable, Callable]:
     """Training (RandAugment, random erasing, random-resized crop) and evaluation transforms for RGB image
-    folders; evaluation follows the model's crop_pct, interpolation, mean and std."""
+    folders; evaluation follows the model's crop_pct, interpolation, mean and std, as ``overlock validate`` does.
+
+    RandAugment's posterize ops get back the meaning they had when the paper trained (0 bits: a black image),
+    which Pillow 13 turned into an error (see :mod:`overlock.data.augment`).
+    """
     data_cfg = resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)}, model=model)
     train_tf = create_transform(
         (3, cfg.img_size, cfg.img_size),
@@ -75,15 +68,21 @@ def folder_transforms(cfg: TrainConfig, model: nn.Module | None = None) -> tuple
         mean=data_cfg["mean"],
         std=data_cfg["std"],
     )
-    return train_tf, create_transform(**data_cfg)
+    keep_zero_bit_posterize(train_tf)
+    return train_tf, eval_transform(model, cfg.img_size)
 
 
 def build_datasets(cfg: TrainConfig, model: nn.Module | None = None) -> tuple[Dataset, Dataset, list[str], int]:
-    """Train and validation datasets, class names, and input channels."""
+    """Train and validation datasets, class names, and input channels.
+
+    On image folders the classes are those of ``train/``'s folders; ``val/``'s folders are matched to them by
+    name (a missing one is not scored; one that matches no class stops the run, or is skipped with a warning
+    under ``cfg.skip_unknown_classes``).
+    """
     if cfg.dataset == "fashion_mnist":
         train = FashionMNIST("train", cfg.data_dir, FashionMNISTTransform(cfg.img_size, train=True))
         val = FashionMNIST("test", cfg.data_dir, FashionMNISTTransform(cfg.img_size, train=False))
-        return train, val, list(train.classes), 1
+        return train, val, list(train.classes), cfg.in_chans
     if cfg.dataset != "folder":
         raise ValueError(f"dataset must be 'folder' or 'fashion_mnist', got {cfg.dataset!r}")
     if not cfg.data_dir:
@@ -91,8 +90,8 @@ def build_datasets(cfg: TrainConfig, model: nn.Module | None = None) -> tuple[Da
     root = Path(cfg.data_dir)
     train_tf, val_tf = folder_transforms(cfg, model)
     train = ImageFolderDataset(root / "train", train_tf)
-    val = ImageFolderDataset(root / "val", val_tf, classes=train.classes)
-    return train, val, list(train.classes), 3
+    val = ImageFolderDataset(root / "val", val_tf, classes=train.classes, skip_unknown=cfg.skip_unknown_classes)
+    return train, val, list(train.classes), cfg.in_chans
 
 
 def build_criterion(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Mixup | None]:
@@ -183,6 +182,34 @@ def _tensorboard(out: Path, purge_step: int | None = None):
     return SummaryWriter(str(out / "tb"), purge_step=purge_step)
 
 
+def _changed_classes_message(saved: list[str], found: list[str], data_dir: str | None) -> str:
+    changes = []
+    if gone := [c for c in saved if c not in found]:
+        changes.append(f"missing now: {', '.join(map(repr, gone))}")
+    if new := [c for c in found if c not in saved]:
+        changes.append(f"new: {', '.join(map(repr, new))}")
+    return (f"the classes of {data_dir} changed since the run started ({'; '.join(changes) or 'another order'}): "
+            f"restore the class folders to resume, or start a new run")
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG's state, in types a weights-only ``torch.load`` reads (numpy's key array as a tensor)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+
+
+def _restore_rng(saved: dict[str, Any]) -> None:
+    """Restore the RNG states of :func:`_rng_state` (or of a checkpoint that kept numpy's state as numpy gives it)."""
+    numpy_state = saved["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+        numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key}}
+    torch.set_rng_state(saved["torch"])
+    np.random.set_state(numpy_state)
+    random.setstate(saved["python"])
+
+
 # options that may change when a run is resumed; every other one comes from the checkpoint
 RESUME_OVERRIDABLE = ("output", "workers", "save_every", "max_steps")
 
@@ -208,7 +235,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     torch.manual_seed(cfg.seed)
 
     train_set, val_set, classes, in_chans = build_datasets(cfg)
+    if state is not None and state.get("classes") is not None and list(state["classes"]) != classes:
+        raise CheckpointError(_changed_classes_message(list(state["classes"]), classes, cfg.data_dir))
     num_classes = cfg.num_classes or len(classes)
+    if num_classes < len(classes):
+        raise ValueError(f"--num-classes {num_classes} is fewer than the {len(classes)} classes of the data")
     model = build_model(cfg, num_classes, in_chans)
     if cfg.dataset == "folder":  # the eval transform follows the model's crop_pct and interpolation
         train_set.transform, val_set.transform = folder_transforms(cfg, model)
@@ -260,9 +291,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         # rank 0's sums of the interrupted epoch, shared out so that the all-reduced mean keeps its value
         saved_sums = state.get("epoch_sums", [0.0] * 3)
         sums += torch.tensor(saved_sums, dtype=torch.float64, device=info.device) / info.world_size
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        _restore_rng(state["rng"])
         _logger.info("resumed %s at epoch %d, step %d", out, epoch, step)
 
     metrics_log = _CsvLog(out / "metrics.csv", ["epoch", "step", "lr", "train_loss", "val_loss", "val_top1",
@@ -279,7 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
             "epoch": epoch, "step": step, "micro_in_epoch": micro_in_epoch, "best_top1": best_top1,
             "last_eval": last_eval, "epoch_sums": sums.tolist(), "config": asdict(cfg), "classes": classes,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": _rng_state(),
         }
 
     start = time.time()
