@@ -1,9 +1,9 @@
 """Where a model's inference time goes: wall-clock time of each top-level stage and block, medians.
 
-Forward hooks time every direct child of the model (for a ``ModuleList`` stage, each of its blocks) over
-several inference passes in one process; the table lists each part's median time a pass and its share of the
-median whole pass (the parts' sum differs from the whole by the hooks and the glue between them). The stem
-and the stage-1 blocks, which CPU inference runs on parts of the batch, count the sum of their calls.
+The model as ``optimize_for_inference`` converts it. Forward hooks time every direct child of the model (for a
+stage, each of its blocks) over several inference passes in one process; the table lists each part's median
+time a pass and its share of the median whole pass (the parts' sum differs from the whole by the hooks and the
+glue between them).
 
     python benchmarks/block_times.py overlock_xt --threads 2 --batch-size 8 --iters 7
 """
@@ -16,12 +16,15 @@ from collections import defaultdict
 import torch
 from model_args import deploy_model, model_parser
 
+from overlock import optimize_for_inference
+from overlock.models.overlock import FocusStage, RepConvStage
+
 
 def timed_parts(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The model's direct children, with ``ModuleList`` stages split into their blocks."""
+    """The model's direct children, with the stages split into their blocks."""
     parts = []
     for name, child in model.named_children():
-        if isinstance(child, torch.nn.ModuleList):
+        if isinstance(child, (RepConvStage, FocusStage)):
             parts.extend((f"{name}.{i}", block) for i, block in enumerate(child))
         else:
             parts.append((name, child))
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     model, x = deploy_model(args)
+    model = optimize_for_inference(model)
     whole, parts = block_times(model, x, args.iters, args.warmup)
     print(f"{args.model}, batch {args.batch_size}, {args.img_size} px, {torch.get_num_threads()} threads: "
           f"{1000 * whole:.1f} ms a pass (median of {args.iters})")

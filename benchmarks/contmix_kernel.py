@@ -62,7 +62,7 @@ def approaches(value: Tensor) -> dict[str, Approach]:
 
 
 def make_inputs(shape: tuple[int, ...], device: str, grad: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits, an NCHW-derived value view (as ContMixMixer passes it), and the bias table."""
+    """Logits, an NCHW-derived value view (as the ContMix module passes it), and the bias table."""
     b, g, h, w, c, k = shape
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(b, g, h, w, k * k, generator=gen).to(device)

@@ -21,9 +21,10 @@ def model_parser(description: str, iters: int) -> argparse.ArgumentParser:
 
 
 def deploy_model(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The threads set, ``args.model`` in deploy form and eval mode, and a random input batch for it."""
+    """The threads set, ``args.model`` in deploy form and eval mode (without the auxiliary head), and a random
+    input batch for it."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = timm.create_model(args.model).eval()
+    model = timm.create_model(args.model, with_aux_head=False).eval()
     timm.utils.reparameterize_model(model, inplace=True)
     return model, torch.randn(args.batch_size, 3, args.img_size, args.img_size)

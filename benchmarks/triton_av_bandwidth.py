@@ -1,7 +1,7 @@
 """Achieved memory bandwidth of the Triton neighbourhood weighted sum (``overlock.ops.triton_av``) on a GPU.
 
     python benchmarks/triton_av_bandwidth.py [--batch 8 --groups 8 --height 100 --width 160 --channels 32
-                                              --kernel-size 13 --dtype float32]
+                                              --kernel-size 13 --dtype float32 --json FILE]
 
 Bandwidth counts the bytes each call must move at least (every input read once, every output written
 once; the backward's two kernels both read grad_out) divided by the median time of a call. Without a
@@ -10,6 +10,7 @@ CUDA device it says so and exits 0.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel-size", type=int, default=13)
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -69,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {torch.cuda.get_device_name()}")
     print(f"shape: B={b} G={g} {h}x{w} C={c} K={k} {args.dtype} (attn {attn_bytes / 2**20:.0f} MiB, "
           f"value {value_bytes / 2**20:.0f} MiB)")
+    rows = {}
     for name, ms, nbytes in (("av_forward", forward_ms, forward_bytes), ("av_backward", backward_ms, backward_bytes)):
         print(f"{name:12s} {ms:8.3f} ms  {nbytes / ms / 1e6:8.1f} GB/s")
+        rows[name] = {"ms": ms, "bytes": nbytes, "gb_per_s": nbytes / ms / 1e6}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "shape": [b, g, h, w, c, k], "dtype": args.dtype,
+                       **rows}, f, indent=2)
     return 0
 
 

@@ -12,6 +12,7 @@ import overlock  # noqa: F401  (registers the models in timm)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE = SHARED / "fixtures" / "official_tiny.pt"
 OFFICIAL_KEYS = SHARED / "spec" / "official_keys.json"
+OFFICIAL_UPERNET_KEYS = SHARED / "spec" / "official_upernet_keys.json"
 FIXTURE_INPUTS = ("64x64", "64x96", "224x160", "256x256")
 
 
@@ -31,6 +32,12 @@ def official() -> dict:
 def official_keys() -> dict:
     """Every official state-dict key and shape, per model."""
     return json.loads(_require(OFFICIAL_KEYS).read_text())
+
+
+@pytest.fixture(scope="session")
+def official_upernet_keys() -> dict:
+    """Every key and shape of the official UperNet models (mmsegmentation names)."""
+    return json.loads(_require(OFFICIAL_UPERNET_KEYS).read_text())
 
 
 @pytest.fixture(scope="session")

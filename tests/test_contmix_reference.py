@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from overlock.ops import ENV_VAR, available_backends, contmix_apply, contmix_reference, select_backend
+from overlock.ops import available_backends, contmix_apply, contmix_reference, resolve_backend
 from probes import LargestTensor
 
 
@@ -105,14 +105,11 @@ def test_input_validation():
         contmix_apply(logits, value[0], 5)
 
 
-def test_backend_selection_and_override(monkeypatch):
+def test_backend_selection_and_override():
     value = torch.randn(1, 1, 5, 5, 2)
     assert "reference" in available_backends()
-    assert select_backend(value, "reference") == "reference"
+    assert resolve_backend("reference", value) == "reference"
     with pytest.raises(ValueError, match="unknown ContMix backend 'nope'"):
-        select_backend(value, "nope")
-    monkeypatch.setenv(ENV_VAR, "nope")
+        resolve_backend("nope", value)
     with pytest.raises(ValueError, match="unknown ContMix backend"):
-        contmix_apply(torch.randn(1, 1, 5, 5, 9), value, 3)
-    monkeypatch.setenv(ENV_VAR, "reference")
-    assert select_backend(value) == "reference"
+        contmix_apply(torch.randn(1, 1, 5, 5, 9), value, 3, backend="nope")

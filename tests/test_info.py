@@ -40,26 +40,24 @@ def test_count_macs_counts_the_models_kernel_not_the_padded_one(monkeypatch):
 
 
 def test_count_macs_sees_the_logits_matmul_inside_the_fused_contmix_op():
-    """The fused CPU inference op (taken under count_macs' no_grad) counts its ``query @ key``: a ContMix block's
-    MACs are those of the unfused path, whose matmul the counter sees directly."""
+    """The converted block's fused ContMix op counts its ``query @ key``: the same MACs as the plain block, whose
+    matmuls the counter sees directly."""
+    from overlock import analysis, optimize_for_inference
+    from overlock.layers import ContMixBlock
+    from overlock.ops.custom_op import softmax_av
     from torch.utils.flop_counter import FlopCounterMode
 
-    from overlock import analysis
-    from overlock.layers import ContMixBlock
-    from overlock.ops.custom_op import softmax_av_cpu
-
     block = ContMixBlock(32, kernel_size=7, num_heads=2).eval()
-    x = torch.randn(1, 32, 9, 11)
-    with FlopCounterMode(display=False, custom_mapping=analysis._custom_flop_formulas()) as unfused:
-        block(x)  # parameters need gradients: the unfused path
-    assert count_macs(block, (32, 9, 11)) == unfused.get_total_flops() // 2
+    converted = optimize_for_inference(block)
+    block.reparameterize()  # the deploy form: one merged kernel, as the converted block has
+    assert count_macs(converted, (32, 9, 11)) == count_macs(block, (32, 9, 11))
     formulas = analysis._custom_flop_formulas()
-    del formulas[softmax_av_cpu._opoverload.overloadpacket]
+    del formulas[softmax_av._opoverload.overloadpacket]
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=formulas) as blind:
-        block(x)
+        converted(torch.zeros(1, 32, 9, 11))
     groups, channels = 4, 16 // 4  # 2 heads -> 4 groups; half the 32 channels are query channels
     query_key = groups * 9 * 11 * channels * (7 * 7 + 5 * 5)  # both kernels' logits, per image
-    assert (unfused.get_total_flops() - blind.get_total_flops()) // 2 == query_key
+    assert count_macs(block, (32, 9, 11)) - blind.get_total_flops() // 2 == query_key
 
 
 def test_reparam_form_has_fewer_params_same_outputs():

@@ -7,7 +7,7 @@ from torch import nn
 
 from overlock import ContMixBlock
 from overlock.layers import DILATED_BRANCHES, DilatedRepConv, LayerNorm2d
-from overlock.layers.contmix import upsized_for_kernel
+from overlock.layers.contmix import ContMix, pool_to_size_of, resize_for_kernel
 
 
 def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
@@ -30,7 +30,7 @@ def test_dilated_repconv_reparameterize_is_exact(kernel_size):
         expected = conv(x)
         conv.reparameterize()
         merged = conv(x)
-    assert conv.deployed and [n for n, _ in conv.named_children()] == ["lk_origin"]
+    assert [n for n, _ in conv.named_children()] == ["lk_origin"] and conv.lk_origin.bias is not None
     torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
     deploy = DilatedRepConv(6, kernel_size, deploy=True)
     assert deploy.state_dict().keys() == conv.state_dict().keys()
@@ -43,10 +43,15 @@ def test_dilated_repconv_rejects_unsupported_kernel():
 
 @pytest.mark.parametrize(
     "h, w, k, expected",
-    [(14, 14, 13, None), (2, 2, 13, (13, 13)), (2, 3, 13, (13, 19)), (4, 2, 7, (14, 7)), (13, 5, 7, (18, 7))],
+    [(14, 14, 13, (14, 14)), (2, 2, 13, (13, 13)), (2, 3, 13, (13, 19)), (4, 2, 7, (14, 7)), (13, 5, 7, (18, 7))],
 )
-def test_upsized_for_kernel(h, w, k, expected):
-    assert upsized_for_kernel(h, w, k) == expected
+def test_small_maps_resized_for_the_kernel_and_pooled_back(h, w, k, expected):
+    """The official rule: the shorter side becomes K, the other keeps the aspect ratio, truncated."""
+    x = torch.randn(1, 2, h, w)
+    up = resize_for_kernel(x, k)
+    assert tuple(up.shape[-2:]) == expected and (up is x) == ((h, w) == expected)
+    back = pool_to_size_of(up, x)
+    assert back.shape == x.shape and (back is up) == ((h, w) == expected)
 
 
 def test_layernorm2d_normalises_channels():
@@ -80,45 +85,29 @@ def test_contmix_block_rejects_indivisible_dim():
         ContMixBlock(dim=20, num_heads=2)
 
 
-def test_contmix_block_checkpointing_gives_identical_grads():
-    torch.manual_seed(0)
-    plain = ContMixBlock(dim=16, kernel_size=7, num_heads=1, drop_path=0.0)
-    ckpt = ContMixBlock(dim=16, kernel_size=7, num_heads=1, use_checkpoint=True)
-    ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 16, 12, 10, requires_grad=True)
-    grads = []
-    for block in (plain, ckpt):
-        (out,) = torch.autograd.grad(block(x).square().sum(), x)
-        grads.append(out)
-    torch.testing.assert_close(grads[0], grads[1])
-
-
 def test_contmix_block_custom_norm_layer():
     block = ContMixBlock(dim=16, kernel_size=7, num_heads=1, norm_layer=nn.BatchNorm2d)
     assert isinstance(block.norm1, nn.BatchNorm2d) and isinstance(block.norm2, nn.BatchNorm2d)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_se_matches_its_conv_modules(channels_last):
-    """SE computes its stored 1x1 convolutions as matrix products on the pooled vector: same values and
-    gradients as running the modules on the 1x1 map."""
-    from overlock.layers.se import SEModule
-
-    torch.manual_seed(0)
-    se = SEModule(24)
-    x = torch.randn(3, 24, 5, 7, dtype=torch.float64)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    se = se.double()
-    x.requires_grad_()
-    expected = x * se.proj(x)
-    out = se(x)
-    torch.testing.assert_close(out, expected)
-    grads = torch.autograd.grad(out.sum(), [x, *se.parameters()])
-    expected_grads = torch.autograd.grad(expected.sum(), [x, *se.parameters()])
-    for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g, e)
-    with torch.no_grad():
-        y = x.detach().clone()
-        torch.testing.assert_close(se.rescale_(y), expected.detach())
-        assert y.data_ptr() == se.rescale_(y).data_ptr()
+@pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])
+def test_contmix_module_backends_agree(backend):
+    """ContMix's mixing with each backend against the reference, values and gradients."""
+    gen = torch.Generator().manual_seed(0)
+    value = torch.randn(2, 16, 9, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(2, 8, 9, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    key = torch.randn(2, 8, 7, 7, generator=gen, dtype=torch.float64)
+    proj = torch.randn(25 + 49, 49, 1, 1, generator=gen, dtype=torch.float64) * 0.1
+    bias = torch.randn(25 + 49, generator=gen, dtype=torch.float64)
+    rpb_small = torch.randn(4, 9, 9, generator=gen, dtype=torch.float64)
+    rpb_large = torch.randn(4, 13, 13, generator=gen, dtype=torch.float64)
+    args = (value, query, key, proj, bias, rpb_small, rpb_large)
+    ours = ContMix(7, 5, 4, backend)(*args)
+    expected = ContMix(7, 5, 4, "reference")(*args)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+    grads = torch.autograd.grad(ours.square().sum(), (value, query))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (value, query))
+    for a, e in zip(grads, expected_grads):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="unknown ContMix backend 'fast'"):
+        ContMix(7, 5, 4, "fast")

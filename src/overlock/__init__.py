@@ -5,9 +5,9 @@ their ``_reparam`` deploy forms and ``test_overlock`` in timm's model registry.
 """
 from . import models
 from .layers import ContMixBlock
-from .models import CheckpointMismatchError, OverLoCK, OverLoCKOutput
+from .models import CheckpointMismatchError, OverLoCK, optimize_for_inference
 from .ops import contmix_apply
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointMismatchError", "ContMixBlock", "OverLoCK", "OverLoCKOutput", "contmix_apply", "models"]
+__all__ = ["CheckpointMismatchError", "ContMixBlock", "OverLoCK", "contmix_apply", "models", "optimize_for_inference"]

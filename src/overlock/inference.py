@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 import overlock  # noqa: F401  (registers the models)
 
+from .models import OverLoCK, optimize_for_inference
+
 from .data import ClassFolderError, FashionMNISTTransform
 from .data.class_folders import class_folders, classes_from_folders
 from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
@@ -67,10 +69,14 @@ class LoadedModel:
         return str(index)
 
 
-def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Make a loaded model ready for inference: the single step ``predict`` and ``validate`` apply after loading.
-    For now eval mode; the CPU inference conversion will be applied here."""
-    return model.eval()
+def prepare_for_inference(model: nn.Module, autocast: bool = False) -> nn.Module:
+    """Make a loaded model ready for inference, on the device it is on: the single step ``predict`` and
+    ``validate`` apply after loading. An OverLoCK model is converted by ``optimize_for_inference`` (only the
+    dtype-independent passes when it will run under ``autocast``); any other model is put in eval mode."""
+    if not isinstance(model, OverLoCK):
+        return model.eval()
+    passes = ("fold", "inplace_norms") if autocast else None
+    return optimize_for_inference(model, passes, inplace=True)
 
 
 def read_run_checkpoint(path: str | Path) -> dict[str, Any] | None:

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import select_backend
 from .ops.custom_op import neighbourhood_av
 
 PREFIX = "official:"
@@ -38,7 +37,7 @@ def unfold_na2d_av(attn: Tensor, value: Tensor, kernel_size: int) -> Tensor:
 
 def overlock_na2d_av(attn: Tensor, value: Tensor, kernel_size: int) -> Tensor:
     """Our neighbourhood weighted sum (the op under ``contmix_apply``), on the softmaxed weights."""
-    return neighbourhood_av(attn, value, kernel_size, select_backend(value))
+    return neighbourhood_av(attn, value, kernel_size, "auto")
 
 
 STAND_INS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {

@@ -13,16 +13,19 @@ DEFAULT_MODELS = ["overlock_xt", "convnext_nano", "overlock_t", "convnext_tiny"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "models", nargs="*", default=DEFAULT_MODELS,
-        help="timm model names, or official:<name> with --official-repo (first = ratio base)",
+        help="timm model names (OverLoCK models converted by optimize_for_inference for inference), plain:<name> "
+             "for an OverLoCK model as it is, official:<name> with --official-repo (the first one is the ratio base)",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--memory-format", choices=["best", "nchw", "nhwc"], default="best",
+        help="input and weight layout; 'best' runs each model in both and keeps its faster one",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile each model")
     parser.add_argument("--mode", choices=["infer", "train"], default="infer", help="inference or a training step")
-    parser.add_argument("--no-reparam", action="store_true", help="measure the training form for inference too")
     parser.add_argument("--iters", type=int, default=6, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -44,14 +47,15 @@ def _cuda() -> bool:
 def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         batch_size=args.batch_size, img_size=args.img_size, device=args.device, dtype=args.dtype,
-        channels_last=args.channels_last, compile=args.compile, mode=args.mode, reparam=not args.no_reparam,
+        memory_format=args.memory_format, compile=args.compile, mode=args.mode,
         warmup=args.warmup, iters=args.iters, threads=args.threads,
         official_repo=args.official_repo, official_av=args.official_av,
     )
     results = benchmark(args.models, cfg)
     print(format_table(results))
     print(f"{cfg.mode}, batch {cfg.batch_size}, {cfg.img_size} px, {cfg.device}, {cfg.dtype}"
-          f"{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}; "
+          f"{', compiled' if cfg.compile else ''}; layout: each model's faster of NCHW and NHWC"
+          f"{'' if cfg.memory_format == 'best' else ' (fixed: ' + cfg.memory_format + ')'}; "
           f"medians of {cfg.iters} iterations; ratio = throughput / first model's, median of the per-round ratios")
     if args.json:
         with open(args.json, "w") as f:

@@ -59,8 +59,8 @@ def _validate(args: argparse.Namespace, sets: dict[str, str]) -> int:
 
     loaded = load_model(args.model, args.weights, args.img_size, args.crop_pct)
     info = init_distributed()
-    model = prepare_for_inference(loaded.model.to(info.device))
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    model = prepare_for_inference(loaded.model.to(info.device), autocast=amp is not None)
     rows = []
     for name, folder in sets.items():
         classes = set_classes(name, loaded, folder)

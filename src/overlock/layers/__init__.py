@@ -1,16 +1,17 @@
 """Building blocks of OverLoCK: Dilated RepConv, SE, GRN, LayerScale, ContMix and the blocks."""
-from .blocks import ContextDownsample, DynamicConvBlock, RepConvBlock
-from .contmix import ContMixBlock, ContMixMixer
-from .conv import DILATED_BRANCHES, DilatedRepConv, ResDWConv
+from .blocks import ContextDownsample, DynamicConvBlock, RepConvBlock, stem
+from .contmix import ContMix, ContMixBlock, conv_bn
+from .conv import DILATED_BRANCHES, DepthwiseConv2d, DilatedRepConv, ResDWConv
 from .norm import GRN, LayerNorm2d
 from .scale import LayerScale
 from .se import SEModule
 
 __all__ = [
     "DILATED_BRANCHES",
+    "ContMix",
     "ContMixBlock",
-    "ContMixMixer",
     "ContextDownsample",
+    "DepthwiseConv2d",
     "DilatedRepConv",
     "DynamicConvBlock",
     "GRN",
@@ -19,4 +20,6 @@ __all__ = [
     "RepConvBlock",
     "ResDWConv",
     "SEModule",
+    "conv_bn",
+    "stem",
 ]

@@ -1,63 +1,67 @@
-"""OverLoCK blocks: the Base-/Overview-Net block and the context-guided Focus-Net block."""
+"""OverLoCK blocks: the Base-/Overview-Net block, the context-guided Focus-Net block, and the stem and
+downsampling layers."""
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, register_notrace_module
+import torch.fx
+from timm.layers import DropPath
 from torch import Tensor, nn
 
-from .contmix import ContMixMixer, bilinear, conv_ffn, residual, upsized_for_kernel
+from .contmix import (
+    REGION_GRID, ContMix, conv_bn, conv_ffn, key_projection, pool_to_size_of, query_projection, resize_for_kernel,
+)
 from .conv import DilatedRepConv, ResDWConv
-from .fused import FusedSequential, run_fused
 from .norm import GRN, LayerNorm2d
-from .prepared import OwnsPreparedWeights, PreparedWeights
 from .scale import LayerScale
 from .se import SEModule
 
+torch.fx.wrap("resize_for_kernel")  # shape-dependent: leaf functions for torch.fx where they are called
+torch.fx.wrap("pool_to_size_of")
 
-class RepConvBlock(OwnsPreparedWeights):
-    """Base-Net and Overview-Net block: residual depthwise conv, then a large-kernel
-    Dilated RepConv mixer with SE fused with a GRN ConvFFN in one residual branch."""
+
+class RepConvBlock(nn.Module):
+    """Base-Net and Overview-Net block: residual depthwise conv, then one residual branch of LayerNorm, a
+    large-kernel Dilated RepConv with BN and SE, and a GRN ConvFFN (``proj``, the official layer indices)."""
 
     def __init__(
         self,
         dim: int,
         kernel_size: int = 7,
         mlp_ratio: float = 4,
-        ls_init_value: float | None = None,
+        ls_init_value: Optional[float] = None,
         res_scale: bool = False,
         drop_path: float = 0.0,
         deploy: bool = False,
+        **dd: Any,
     ):
         super().__init__()
         self.res_scale = res_scale
-        hidden = int(dim * mlp_ratio)
-        self.dwconv = ResDWConv(dim, 3)
+        self.dwconv = ResDWConv(dim, 3, **dd)
         self.proj = nn.Sequential(
-            LayerNorm2d(dim),
-            DilatedRepConv(dim, kernel_size, deploy=deploy),
-            nn.BatchNorm2d(dim),
-            SEModule(dim),
-            *conv_ffn(dim, hidden, dim),
-            DropPath(drop_path) if drop_path > 0 else nn.Identity(),
+            LayerNorm2d(dim, **dd),
+            DilatedRepConv(dim, kernel_size, deploy=deploy, **dd),
+            nn.BatchNorm2d(dim, **dd),
+            SEModule(dim, **dd),
+            *conv_ffn(dim, int(dim * mlp_ratio), dim, **dd),
         )
-        self.ls = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
-        self.prepared = PreparedWeights()  # the prepared convolutions of ``proj``
+        self.ls = LayerScale(dim, ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.dwconv(x)
-        *layers, drop_path = self.proj
-        branch = run_fused(layers, x, self.prepared)
-        return residual(x, branch, self.ls, drop_path, self.res_scale)
+        if self.res_scale:  # the LayerScale scales the shortcut, not the branch
+            return self.ls(x) + self.drop_path(self.proj(x))
+        return x + self.drop_path(self.ls(self.proj(x)))
 
 
-@register_notrace_module  # shape-dependent resizing: a leaf for torch.fx
-class DynamicConvBlock(ContMixMixer):
-    """Focus-Net block: fuses the features with the context prior, mixes tokens with ContMix
-    kernels generated from that context, and updates both (the context channels ride along).
+class DynamicConvBlock(nn.Module):
+    """Focus-Net block: fuses the features with the context channels (and, after the first block, the context
+    prior), mixes tokens with ContMix kernels generated from that fused context, and updates both.
 
-    Takes ``(x, ctx, ctx_prior)`` and returns ``(x, ctx)``; the last block of the network
-    returns ``(x_with_ctx_channels, None)``.
+    Takes the features ``x`` (B, dim, H, W), the context channels ``ctx`` and the prior (B, ctx_dim, H, W) and
+    returns the updated (B, dim + ctx_dim, H, W) map, features first.
     """
 
     def __init__(
@@ -68,39 +72,54 @@ class DynamicConvBlock(ContMixMixer):
         smk_size: int = 5,
         num_heads: int = 2,
         mlp_ratio: float = 4,
-        ls_init_value: float | None = None,
+        ls_init_value: Optional[float] = None,
         res_scale: bool = False,
         drop_path: float = 0.0,
         is_first: bool = False,
-        is_last: bool = False,
         deploy: bool = False,
+        contmix_backend: str = "auto",
+        **dd: Any,
     ):
         super().__init__()
-        ctx_dim = ctx_dim // 4
+        groups = num_heads * 2
+        if dim % (2 * groups) != 0:
+            raise ValueError(f"dim {dim} must be divisible by 2 * num_groups = {2 * groups}")
         out_dim = dim + ctx_dim
-        self.dim, self.ctx_dim = dim, ctx_dim
-        self.is_first, self.is_last = is_first, is_last
-        if not is_first:
-            self.x_scale = LayerScale(ctx_dim, 1)
-            self.h_scale = LayerScale(ctx_dim, 1)
-        self.dwconv1 = ResDWConv(out_dim, 3)
-        self.norm1 = LayerNorm2d(out_dim)
-        self.fusion = FusedSequential(
-            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim),
-            nn.BatchNorm2d(out_dim),
+        self.dim, self.ctx_dim, self.kernel_size = dim, ctx_dim, kernel_size
+        self.res_scale = res_scale
+        self.scale = (dim // groups) ** -0.5
+        # the first block takes the prior as its context; the others mix the two
+        self.x_scale = None if is_first else LayerScale(ctx_dim, 1, **dd)
+        self.h_scale = None if is_first else LayerScale(ctx_dim, 1, **dd)
+        self.dwconv1 = ResDWConv(out_dim, 3, **dd)
+        self.norm1 = LayerNorm2d(out_dim, **dd)
+        self.fusion = nn.Sequential(
+            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim, **dd),
+            nn.BatchNorm2d(out_dim, **dd),
             nn.GELU(),
-            nn.Conv2d(out_dim, dim, 1),
-            GRN(dim),
+            nn.Conv2d(out_dim, dim, 1, **dd),
+            GRN(dim, **dd),
         )
-        self._init_mixer(dim, ctx_dim, kernel_size, smk_size, num_heads)
-        self.dyconv_proj = FusedSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
-        self._init_output(
-            dim, out_dim, kernel_size, mlp_ratio, ls_init_value, res_scale, drop_path, LayerNorm2d, deploy
-        )
+        self.weight_query = query_projection(dim, **dd)
+        self.weight_key = key_projection(ctx_dim, dim, **dd)
+        self.weight_proj = nn.Conv2d(REGION_GRID**2, kernel_size**2 + smk_size**2, 1, **dd)
+        self.dyconv_proj = conv_bn(dim, dim, **dd)
+        self.lepe = nn.Sequential(DilatedRepConv(dim, kernel_size, deploy=deploy, **dd), nn.BatchNorm2d(dim, **dd))
+        self.se_layer = SEModule(dim, **dd)
+        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False, **dd), nn.BatchNorm2d(dim, **dd), nn.SiLU())
+        self.proj = nn.Sequential(nn.BatchNorm2d(dim, **dd), nn.Conv2d(dim, out_dim, 1, **dd))
+        self.dwconv2 = ResDWConv(out_dim, 3, **dd)
+        self.norm2 = LayerNorm2d(out_dim, **dd)
+        self.mlp = nn.Sequential(*conv_ffn(out_dim, int(dim * mlp_ratio), out_dim, **dd))
+        self.ls1 = LayerScale(out_dim, ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
+        self.ls2 = LayerScale(out_dim, ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.rpb1 = nn.Parameter(torch.zeros(groups, 2 * smk_size - 1, 2 * smk_size - 1, **dd))
+        self.rpb2 = nn.Parameter(torch.zeros(groups, 2 * kernel_size - 1, 2 * kernel_size - 1, **dd))
+        self.contmix = ContMix(kernel_size, smk_size, groups, contmix_backend)
 
-    def forward(self, x: Tensor, ctx: Tensor, ctx_prior: Tensor) -> tuple[Tensor, Tensor | None]:
-        height, width = x.shape[-2:]
-        if not self.is_first:
+    def forward(self, x: Tensor, ctx: Tensor, ctx_prior: Tensor) -> Tensor:
+        if self.x_scale is not None and self.h_scale is not None:
             ctx = self.x_scale(ctx) + self.h_scale(ctx_prior)
         fused = self.dwconv1(torch.cat([x, ctx], dim=1))
         identity = fused
@@ -108,45 +127,40 @@ class DynamicConvBlock(ContMixMixer):
         x = self.fusion(fused)
         gate = self.gate(x)
         lepe = self.lepe(x)
-        size = upsized_for_kernel(height, width, self.kernel_size)
-        if size is not None:
-            x, fused = bilinear(x, size), bilinear(fused, size)
-        query_src, key_src = fused.split([self.dim, self.ctx_dim], dim=1)
-        x = self.dynamic_conv(x, query_src, key_src)
-        if size is not None:
-            x = F.adaptive_avg_pool2d(x, (height, width))
-        x = self._output(self.dyconv_proj(x), gate, lepe, identity)
-        if self.is_last:
-            return x, None
-        x, ctx = x.split([self.dim, self.ctx_dim], dim=1)
-        return x, ctx
+        value = resize_for_kernel(x, self.kernel_size)
+        query_src, key_src = resize_for_kernel(fused, self.kernel_size).split([self.dim, self.ctx_dim], dim=1)
+        mixed = self.contmix(
+            value, self.weight_query(query_src) * self.scale, self.weight_key(key_src),
+            self.weight_proj.weight, self.weight_proj.bias, self.rpb1, self.rpb2,
+        )
+        x = self.proj(gate * self.se_layer(self.dyconv_proj(pool_to_size_of(mixed, x)) + lepe))
+        if self.res_scale:  # the LayerScales scale the shortcuts, not the branches
+            x = self.ls1(identity) + self.drop_path(x)
+            x = self.dwconv2(x)
+            return self.ls2(x) + self.drop_path(self.mlp(self.norm2(x)))
+        x = identity + self.drop_path(self.ls1(x))
+        x = self.dwconv2(x)
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 class ContextDownsample(nn.Module):
-    """Stride-2 3x3 conv + BN on both the features and the context channels (Focus-Net 3 -> 4)."""
+    """Stride-2 3x3 conv + BN on both the features and the context channels (Focus-Net stride 16 -> 32)."""
 
-    def __init__(self, dim: int, out_dim: int):
+    def __init__(self, dim: int, out_dim: int, ctx_dim: int, **dd: Any):
         super().__init__()
-        self.x_proj = conv_bn(dim, out_dim, stride=2)
-        self.h_proj = conv_bn(out_dim // 4, out_dim // 4, stride=2)
+        self.x_proj = conv_bn(dim, out_dim, 3, stride=2, **dd)
+        self.h_proj = conv_bn(ctx_dim, ctx_dim, 3, stride=2, **dd)
 
     def forward(self, x: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
         return self.x_proj(x), self.h_proj(ctx)
 
 
-def conv_bn(in_dim: int, out_dim: int, stride: int = 1) -> FusedSequential:
-    """3x3 conv (no bias) + BatchNorm; with stride 2 it is the stage downsampling layer."""
-    return FusedSequential(
-        nn.Conv2d(in_dim, out_dim, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_dim)
-    )
-
-
-def stem(in_chans: int, dim: int) -> FusedSequential:
+def stem(in_chans: int, dim: int, **dd: Any) -> nn.Sequential:
     """Four 3x3 conv-BN layers, two of stride 2 (stride 4 overall), GELU between them."""
     half = dim // 2
-    return FusedSequential(
-        *conv_bn(in_chans, half, stride=2), nn.GELU(),
-        *conv_bn(half, half), nn.GELU(),
-        *conv_bn(half, dim, stride=2), nn.GELU(),
-        *conv_bn(dim, dim),
+    return nn.Sequential(
+        *conv_bn(in_chans, half, 3, stride=2, **dd), nn.GELU(),
+        *conv_bn(half, half, 3, **dd), nn.GELU(),
+        *conv_bn(half, dim, 3, stride=2, **dd), nn.GELU(),
+        *conv_bn(dim, dim, 3, **dd),
     )

@@ -1,160 +1,163 @@
-"""Sequential containers that fuse neighbouring layers at call time, the state dict unchanged.
+"""Inference modules that ``overlock.optimize_for_inference`` installs in place of trained layers.
 
-Three fusions, each exact up to float rounding, chosen per call from the layers and the input:
-
-- eval-mode BatchNorm folded into the adjacent convolution (``BN(conv(x))`` and ``conv1x1(BN(x))`` are one
-  convolution with a rescaled weight and a shifted bias): saves a pass over the map per BatchNorm;
-- inference on CPUs: a convolution followed by an exact GELU or a SiLU runs as one oneDNN convolution with
-  that post-op: saves a pass and a map-sized allocation;
-- inference: GRN and SE rescale a map made inside the sequence in place, which saves a map-sized
-  allocation (on large maps, fresh pages cost about as much as the pass itself).
-
-In CPU inference the folded weights are made once and kept, already in oneDNN's layout, until a parameter
-changes (``overlock.layers.prepared``). Folding works on weight-sized tensors only, so parameters and
-state-dict keys stay exactly the official ones. Training mode, or anything that needs gradients, runs the
-layers as they are (BatchNorm folding only needs eval mode, since it is differentiable).
+Each one computes what the layers it replaces compute in eval mode (up to float rounding) from weights derived
+once, when it is built: BatchNorm folded into the neighbouring convolution, a residual identity into a depthwise
+kernel's centre tap, the Dilated RepConv branches into one kernel. They hold buffers, not parameters, and refuse
+to be put in training mode.
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable, Iterable, Sequence
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
-from .conv import DilatedRepConv, ResDWConv, bn_scale, fuse_conv_bn
-from .norm import GRN
-from .prepared import (
-    OwnsPreparedWeights, PreparedConv, PreparedWeights, kernel_choice, onednn_inference, packing_applies, prepare_conv,
-    runs_without_grad,
-)
-from .se import SEModule
+from ..ops import relative_position_bias
+from ..ops.shapes import check_window
+
+ACTIVATIONS = ("none", "gelu", "silu")
+# oneDNN's names of the element-wise operations its convolution can apply to its output
+_ONEDNN_POST_OPS = {"none": "none", "gelu": "gelu", "silu": "swish"}
 
 
-def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Scale and shift of an eval-mode BatchNorm."""
-    scale = bn_scale(bn)
-    return scale, bn.bias - bn.running_mean * scale
+def onednn_fusion_available() -> bool:
+    """Whether this PyTorch can run a convolution and its activation as one oneDNN call (x86 and Arm builds
+    with oneDNN; the private operator TorchInductor's CPU backend also emits)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
-def _foldable(bn: nn.Module | None) -> bool:
-    return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None
+class InferenceModule(nn.Module):
+    """Base of the inference modules: eval mode only."""
+
+    def train(self, mode: bool = True) -> "InferenceModule":
+        if mode:
+            raise RuntimeError(
+                f"{type(self).__name__} is an inference module installed by optimize_for_inference(); "
+                "train the model it was made from (or a freshly built one) instead"
+            )
+        return super().train(False)
 
 
-def _as_conv(m: nn.Module | None) -> nn.Conv2d | None:
-    """The convolution computing ``m`` (a conv, a residual depthwise conv, a merged Dilated RepConv), if any."""
-    if isinstance(m, DilatedRepConv):
-        m = m.lk_origin if m.deployed else None
-    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
-        return m
-    return None
+class FoldedConv(InferenceModule):
+    """A convolution with a weight and bias derived from the layers it replaces, then an optional activation
+    ('gelu' exact, or 'silu')."""
 
+    def __init__(
+        self, weight: Tensor, bias: Optional[Tensor], stride: tuple[int, int], padding: tuple[int, int],
+        dilation: tuple[int, int], groups: int, activation: str = "none",
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
+        self.activation = activation
 
-def _is_pointwise(m: nn.Module | None) -> bool:
-    return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.padding == (0, 0) \
-        and m.stride == (1, 1)
-
-
-def _post_op(m: nn.Module | None) -> str | None:
-    """oneDNN's name of the activation ``m`` when it computes it exactly (the exact GELU, SiLU), else None."""
-    if isinstance(m, nn.GELU) and m.approximate == "none":
-        return "gelu"
-    if isinstance(m, nn.SiLU):
-        return "swish"
-    return None
-
-
-def _conv_sources(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor | None, ...]:
-    """The tensors a (BN-folded) convolution's weight and bias are made of."""
-    tensors = conv.sources() if isinstance(conv, ResDWConv) else (conv.weight, conv.bias)
-    if bn is None:
-        return tensors
-    return (*tensors, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-
-
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor | None]:
-    """Weight and bias of ``conv`` followed by ``bn`` (when given)."""
-    weight = conv.kernel() if isinstance(conv, ResDWConv) else conv.weight
-    return (weight, conv.bias) if bn is None else fuse_conv_bn(weight, conv.bias, bn)
-
-
-def _bn_then_pointwise(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
-    """Weight and bias of ``bn`` followed by the 1x1 ``conv``."""
-    scale, shift = _bn_affine(bn)
-    weight = conv.weight * scale.reshape(1, -1, 1, 1)
-    bias = conv.weight.flatten(1) @ shift
-    return weight, bias if conv.bias is None else bias + conv.bias
-
-
-def _prepared(
-    cache: PreparedWeights | None, index: int, x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d | None,
-    sources: tuple[Tensor | None, ...], weights: Callable[[], tuple[Tensor, Tensor | None]], packable: bool,
-) -> PreparedConv:
-    """``conv`` with the weight and bias ``weights()`` makes (``bn`` folded in): from ``cache``, packed, when
-    there is a cache and ``packable`` (``packing_applies``)."""
-    if cache is not None and packable:
-        extra = (None if bn is None else bn.eps, kernel_choice(conv))
-        return cache.get(index, sources, extra, lambda: prepare_conv(x, conv, *weights(), pack=True))
-    return prepare_conv(x, conv, *weights())
-
-
-def shares_no_memory(x: Tensor, source: Tensor) -> bool:
-    """True when ``x`` shares no memory with ``source`` (the sequence's input, which the caller may still use);
-    False while compiling, where TorchInductor plans buffer reuse itself and storages cannot be traced."""
-    if torch.compiler.is_compiling():
-        return False
-    return x.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
-
-
-def run_fused(
-    layers: Sequence[nn.Module] | Iterable[nn.Module], x: Tensor, cache: PreparedWeights | None = None
-) -> Tensor:
-    """Apply ``layers`` in order, fusing neighbours where the module docstring says it pays; ``cache`` keeps the
-    prepared convolutions of CPU inference between calls (``overlock.layers.prepared``)."""
-    layers = list(layers)
-    source = x
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        conv = _as_conv(layer)
-        if conv is not None:
-            bn = nxt if _foldable(nxt) else None
-            used = 1 if bn is None else 2
-            post_op = _post_op(layers[i + used] if i + used < len(layers) else None)
-            sources = _conv_sources(conv, bn)
-            packable = packing_applies(x, *sources)
-            if post_op is not None and not (packable or onednn_inference(x, conv.weight, conv.bias)):
-                post_op = None  # oneDNN fuses the activation only in CPU inference
-            if bn is None and post_op is None and not packable:
-                x = layer(x)  # as the layer computes itself (its own gradients)
-            else:
-                x = _prepared(cache, i, x, conv, bn, sources, partial(_folded, conv, bn), packable)(x, post_op)
-            i += used + (post_op is not None)
-        elif _foldable(layer) and _is_pointwise(nxt):  # BN -> 1x1 conv
-            sources = (layer.weight, layer.bias, layer.running_mean, layer.running_var, nxt.weight, nxt.bias)
-            build = partial(_bn_then_pointwise, layer, nxt)
-            x = _prepared(cache, i, x, nxt, layer, sources, build, packing_applies(x, *sources))(x)
-            i += 2
-        elif (
-            isinstance(layer, (GRN, SEModule))
-            and runs_without_grad(x, *layer.parameters())
-            and shares_no_memory(x, source)
-        ):
-            x = layer.rescale_(x)
-            i += 1
-        else:
-            x = layer(x)
-            i += 1
-    return x
-
-
-class FusedSequential(OwnsPreparedWeights, nn.Sequential):
-    """``nn.Sequential`` (same children, same state-dict keys) that fuses neighbouring layers (see module doc)."""
-
-    def __init__(self, *layers: nn.Module):
-        super().__init__(*layers)
-        self.prepared = PreparedWeights()
+    def extra_repr(self) -> str:
+        out, per_group, kh, kw = self.weight.shape
+        return (f"{per_group * self.groups}, {out}, kernel_size=({kh}, {kw}), stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}, "
+                f"activation={self.activation}")
 
     def forward(self, x: Tensor) -> Tensor:
-        return run_fused(self, x, self.prepared)
+        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.activation == "gelu":
+            return F.gelu(x)
+        if self.activation == "silu":
+            return F.silu(x)
+        return x
+
+
+class OneDNNConv(FoldedConv):
+    """``FoldedConv`` run as one oneDNN call that applies the activation to the convolution's output as it is
+    written (float32 CPU tensors; ``onednn_fusion_available`` tells where it exists)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            _ONEDNN_POST_OPS[self.activation], [], "none",
+        )
+
+
+class ChannelsLast(InferenceModule):
+    """Puts the input batch in channels-last memory layout (where the network's depthwise convolutions are
+    fastest on CPUs); values unchanged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+class InPlaceGRN(InferenceModule):
+    """GRN computed over its input's own memory (its input is a map nothing else reads), with the spatial
+    norm as the square root of a sum of squares."""
+
+    def __init__(self, gamma: Tensor, beta: Tensor):
+        super().__init__()
+        self.register_buffer("gamma", gamma.detach().clone())
+        self.register_buffer("beta", beta.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        spatial_norm = x.square().sum(dim=(-1, -2), keepdim=True).sqrt()
+        relative = spatial_norm / (spatial_norm.mean(dim=1, keepdim=True) + 1e-6)
+        return torch.addcmul(self.beta, x, self.gamma * relative + 1, out=x)
+
+
+class InPlaceSE(InferenceModule):
+    """Squeeze-and-excitation with its MLP as matrix products on the pooled vector, rescaling its input's own
+    memory (its input is a map nothing else reads)."""
+
+    def __init__(self, reduce: nn.Conv2d, expand: nn.Conv2d):
+        super().__init__()
+        self.register_buffer("reduce_weight", reduce.weight.detach().flatten(1).clone())
+        self.register_buffer("reduce_bias", reduce.bias.detach().clone())
+        self.register_buffer("expand_weight", expand.weight.detach().flatten(1).clone())
+        self.register_buffer("expand_bias", expand.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = x.mean(dim=(-1, -2))
+        hidden = F.gelu(F.linear(pooled, self.reduce_weight, self.reduce_bias))
+        gate = torch.sigmoid(F.linear(hidden, self.expand_weight, self.expand_bias))
+        return x.mul_(gate[:, :, None, None])
+
+
+@register_notrace_module  # shape-dependent: a leaf for fx
+class FusedContMix(InferenceModule):
+    """ContMix's mixing with bias, softmax and weighted sum fused (``overlock::softmax_av``): each kernel's logits
+    are made from their factors a cache-sized block at a time, so neither they nor the kernel weights are written
+    to memory. Same arguments and result as ``ContMix``."""
+
+    def __init__(self, kernel_size: int, smk_size: int, num_groups: int):
+        super().__init__()
+        self.kernel_size, self.smk_size, self.num_groups = kernel_size, smk_size, num_groups
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, smk_size={self.smk_size}, groups={self.num_groups}"
+
+    def forward(
+        self, value: Tensor, query: Tensor, key: Tensor, proj_weight: Tensor, proj_bias: Optional[Tensor],
+        rpb_small: Tensor, rpb_large: Tensor,
+    ) -> Tensor:
+        batch, channels, height, width = value.shape
+        groups = self.num_groups
+        query = query.reshape(batch, groups, -1, height * width).transpose(-1, -2)  # (B, G, HW, c)
+        key = key.reshape(batch, groups, key.shape[1] // groups, -1)  # (B, G, c, 49)
+        key_proj = key @ proj_weight.flatten(1).t()  # (B, G, c, k^2 + K^2)
+        sizes = [self.smk_size * self.smk_size, self.kernel_size * self.kernel_size]
+        biases = proj_bias.split(sizes) if proj_bias is not None else (None, None)
+        per_group = channels // (2 * groups)
+        values = value.reshape(batch, 2, groups, per_group, height, width).permute(1, 0, 2, 4, 5, 3)
+        out = torch.empty_like(value)
+        halves = out.view(batch, 2, groups, per_group, height, width)
+        for half, (size, key_part, bias, rpb) in enumerate(
+            zip((self.smk_size, self.kernel_size), key_proj.split(sizes, dim=-1), biases, (rpb_small, rpb_large))
+        ):
+            total_bias = relative_position_bias(rpb, height, width, size).reshape(groups, height * width, -1)
+            if bias is not None:
+                total_bias = total_bias + bias
+            check_window(size, height, width)
+            mixed = torch.ops.overlock.softmax_av(query, key_part, total_bias, values[half], size)
+            halves[:, half].copy_(mixed.permute(0, 1, 4, 2, 3))
+        return out

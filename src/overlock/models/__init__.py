@@ -1,18 +1,19 @@
 """OverLoCK models, registered in timm's registry on import."""
+from .optimize import PASSES, optimize_for_inference
 from .overlock import (
     MODEL_ARGS,
     CheckpointMismatchError,
     OverLoCK,
-    OverLoCKOutput,
     checkpoint_filter_fn,
     unwrap_state_dict,
 )
 
 __all__ = [
+    "PASSES",
+    "optimize_for_inference",
     "MODEL_ARGS",
     "CheckpointMismatchError",
     "OverLoCK",
-    "OverLoCKOutput",
     "checkpoint_filter_fn",
     "unwrap_state_dict",
 ]

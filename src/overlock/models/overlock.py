@@ -3,83 +3,109 @@
 Paper: "OverLoCK: An Overview-first-Look-Closely-next ConvNet with Context-Mixing Dynamic Kernels",
 Meng Lou and Yizhou Yu, CVPR 2025 (https://arxiv.org/abs/2502.20087).
 
-The network is a Base-Net (stem, stages 1-3 of Dilated RepConv blocks), an Overview-Net (stage 4,
-stride 32) whose output is projected into a coarse context prior, and a Focus-Net (ContMix blocks at
-strides 16 and 32) that carries the context channels along and is guided by the prior in every block.
-Module and parameter names follow the official implementation so that its checkpoints load as they are.
+The network is a Base-Net (stem, stages 1-3 of Dilated RepConv blocks), an Overview-Net (stage 4, stride 32)
+whose output is projected into a coarse context prior, and a Focus-Net (ContMix blocks at strides 16 and 32)
+that carries the context channels along and is guided by the prior in every block. Module and parameter names
+follow the official implementation, so that its checkpoints load as they are.
 """
-from __future__ import annotations
 
 import logging
 import os
 import zipfile
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import register_notrace_function, trunc_normal_
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from ..layers import ContextDownsample, DilatedRepConv, DynamicConvBlock, LayerNorm2d, LayerScale, RepConvBlock
-from ..layers.blocks import conv_bn, stem
+from ..layers import ContextDownsample, DynamicConvBlock, LayerNorm2d, LayerScale, RepConvBlock, conv_bn, stem
 
-__all__ = ["OverLoCK", "OverLoCKOutput", "CheckpointMismatchError", "checkpoint_filter_fn"]
+__all__ = ["OverLoCK", "CheckpointMismatchError", "checkpoint_filter_fn"]
 
 _logger = logging.getLogger(__name__)
 
 MIN_INPUT_SIZE = 32
-
-
-class OverLoCKOutput(NamedTuple):
-    """Train-mode output: logits of the main (Focus-Net) head and the auxiliary (Overview-Net) head."""
-
-    main: Tensor
-    aux: Tensor
-
-
-# stage-1 output per part of the batch in CPU inference (see ``OverLoCK._stage1_chunks``): four images at
-# 224 px for XT; whole batches (8 at 224 px) were 20-25 % slower through the stem and stage 1, as were parts
-# of one or two images (`python benchmarks/stage1_chunks.py`)
-STAGE1_BYTES_PER_CHUNK = 3 << 20
+DENSE_FORMS = ("detection", "segmentation")
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model."""
 
 
-@register_notrace_function
-def check_image_batch(x: Tensor, in_chans: int) -> None:
+@register_notrace_function  # checks shape values: a leaf function for fx
+def check_image_batch(x: Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> None:
     """Clear errors for inputs the model cannot take."""
     if x.dim() != 4:
-        raise ValueError(f"expected a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
+        raise ValueError(f"expected a 4-D (B, C, H, W) image batch, got shape {list(x.shape)}")
     if x.shape[1] != in_chans:
-        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if min(x.shape[-2:]) < MIN_INPUT_SIZE:
-        raise ValueError(f"input must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}")
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {list(x.shape)})")
+    if min(x.shape[-2], x.shape[-1]) < min_size:
+        raise ValueError(f"input must be at least {min_size}x{min_size}, got {list(x.shape[-2:])}")
 
 
-@register_notrace_function
-def compute_layout(x: Tensor) -> Tensor:
-    """The memory layout the network runs in: channels-last (NHWC) on CPUs, where the large
-    depthwise convolutions are an order of magnitude faster in it; the caller's layout elsewhere."""
-    if x.device.type == "cpu":
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-@register_notrace_function
+@register_notrace_function  # reads a shape: a leaf function for fx
 def resize_like(x: Tensor, reference: Tensor) -> Tensor:
     """Bilinear resize of ``x`` to the spatial size of ``reference`` (the context prior to stride 16)."""
-    return F.interpolate(x, size=reference.shape[2:], mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
 
 
+torch.fx.wrap("check_image_batch")
+torch.fx.wrap("resize_like")
+
+
+# ---------------------------------------------------------------------- stages
+class RepConvStage(nn.Sequential):
+    """A Base-Net or Overview-Net stage: ``RepConvBlock``s in sequence (the official ``blocks{1-4}``).
+
+    ``checkpoint_blocks`` leading blocks are recomputed in the backward pass (gradient checkpointing).
+    """
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__(*blocks)
+        self.checkpoint_blocks = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, block in enumerate(self):
+            if i < self.checkpoint_blocks and not torch.jit.is_scripting():
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+        return x
+
+
+class FocusStage(nn.ModuleList):
+    """A Focus-Net stage: ``DynamicConvBlock``s guided by the context prior (the official ``sub_blocks{3,4}``).
+
+    Takes the features, the context channels and the prior; returns the last block's map, features and context
+    channels together. ``checkpoint_blocks`` leading blocks are recomputed in the backward pass.
+    """
+
+    def __init__(self, blocks: Iterable[nn.Module], dim: int, ctx_dim: int):
+        super().__init__(blocks)
+        self.dim, self.ctx_dim = dim, ctx_dim
+        self.checkpoint_blocks = 0
+
+    def forward(self, x: Tensor, ctx: Tensor, ctx_prior: Tensor) -> Tensor:
+        out = torch.cat([x, ctx], dim=1)
+        for i, block in enumerate(self):
+            if i < self.checkpoint_blocks and not torch.jit.is_scripting():
+                out = checkpoint(block, x, ctx, ctx_prior)
+            else:
+                out = block(x, ctx, ctx_prior)
+            parts = out.split([self.dim, self.ctx_dim], dim=1)
+            x, ctx = parts[0], parts[1]
+        return out
+
+
+# ---------------------------------------------------------------------- model
 class OverLoCK(nn.Module):
-    """OverLoCK classification model, or its dense-prediction backbone (``dense=True``).
+    """OverLoCK classification model, or one of its dense-prediction backbones (``dense_form``).
 
     Args:
         depths: RepConv blocks in Base-Net stages 1-3 and the Overview-Net (stage 4).
@@ -93,10 +119,19 @@ class OverLoCK(nn.Module):
         res_scale: scale the residual shortcut instead of the branch.
         smk_size: small dynamic kernel size.
         projection: width of the main head's 1x1 projection before pooling.
+        in_chans: input channels.
+        num_classes: classes of both heads (0: no classifiers).
+        global_pool: 'avg', 'max' or '' (no pooling) in the main head.
+        drop_rate: dropout before the main classifier.
+        drop_path_rate: stochastic depth, rising linearly over all blocks.
         deploy: build every Dilated RepConv already merged (the ``_reparam`` variants).
         with_aux_head: keep the Overview-Net auxiliary classifier (used for the training loss).
-        dense: build the detection/segmentation backbone (extra output norms, Overview-Net fusion
-            into stage 4, no classifier heads) whose forward returns the stride 4-32 pyramid.
+        dense_form: None for the classifier, or a dense-prediction backbone whose forward returns the stride
+            4-32 pyramid with a LayerNorm on every level: 'detection' (the official Mask R-CNN backbone, which also
+            fuses the Overview-Net output into stage 4) or 'segmentation' (the official UperNet backbone, without
+            that fusion).
+        contmix_backend: the ContMix kernel application's backend ('auto', 'reference', 'cpu', 'triton').
+        device, dtype: where and in which dtype to create the parameters.
     """
 
     def __init__(
@@ -108,7 +143,7 @@ class OverLoCK(nn.Module):
         mlp_ratios: Sequence[float] = (4, 4, 4, 4),
         sub_mlp_ratios: Sequence[float] = (3, 3),
         sub_num_heads: Sequence[int] = (4, 6),
-        ls_init_values: Sequence[float | None] = (None, None, 1, 1),
+        ls_init_values: Sequence[Optional[float]] = (None, None, 1, 1),
         res_scale: bool = True,
         smk_size: int = 5,
         projection: int = 1024,
@@ -119,16 +154,24 @@ class OverLoCK(nn.Module):
         drop_path_rate: float = 0.0,
         deploy: bool = False,
         with_aux_head: bool = True,
-        dense: bool = False,
+        dense_form: Optional[str] = None,
+        contmix_backend: str = "auto",
+        device: Any = None,
+        dtype: Any = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if dense_form is not None and dense_form not in DENSE_FORMS:
+            raise ValueError(f"dense_form must be None or one of {DENSE_FORMS}, got {dense_form!r}")
         d1, d2, d3, d4 = embed_dims
         ctx_dim = d4 // 4
-        self.dense = dense
+        self.in_chans = in_chans
+        self.dense_form = dense_form
         self.drop_rate = drop_rate
+        self.embed_dims = tuple(embed_dims)
+        self.ctx_dim = ctx_dim
         self.num_features = d4 + ctx_dim
         self.head_hidden_size = projection
-        self.grad_checkpointing: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.feature_info = [
             dict(num_chs=d1, reduction=4, module="blocks1"),
             dict(num_chs=d2, reduction=8, module="blocks2"),
@@ -136,214 +179,217 @@ class OverLoCK(nn.Module):
             dict(num_chs=d4 + ctx_dim, reduction=32, module="sub_blocks4"),
         ]
 
-        # Base-Net: stem and stages 1-3; Overview-Net: stage 4 and the context projection
-        self.patch_embed1 = stem(in_chans, d1)
-        self.patch_embed2 = conv_bn(d1, d2, stride=2)
-        self.patch_embed3 = conv_bn(d2, d3, stride=2)
-        self.patch_embed4 = conv_bn(d3, d4, stride=2)
-        self.high_level_proj = nn.Conv2d(d4, ctx_dim, 1)
-        self.patch_embedx = ContextDownsample(d3, d4)
-
         num_blocks = sum(depths) + sum(sub_depths)
         dpr = iter(torch.linspace(0, drop_path_rate, num_blocks, device="cpu").tolist())
+
+        # Base-Net: stem, stages 1-3; Overview-Net: stage 4 and the context projection
+        self.patch_embed1 = stem(in_chans, d1, **dd)
+        self.patch_embed2 = conv_bn(d1, d2, 3, stride=2, **dd)
+        self.patch_embed3 = conv_bn(d2, d3, 3, stride=2, **dd)
+        self.patch_embed4 = conv_bn(d3, d4, 3, stride=2, **dd)
+        self.high_level_proj = nn.Conv2d(d4, ctx_dim, 1, **dd)
+        self.patch_embedx = ContextDownsample(d3, d4, ctx_dim, **dd)
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
-            blocks = nn.ModuleList(
+            stage = RepConvStage(*[
                 RepConvBlock(
-                    dim,
-                    kernel_size=kernel_sizes[i],
-                    mlp_ratio=mlp_ratios[i],
-                    ls_init_value=ls_init_values[i],
-                    res_scale=res_scale,
-                    drop_path=next(dpr),
-                    deploy=deploy,
+                    dim, kernel_size=kernel_sizes[i], mlp_ratio=mlp_ratios[i], ls_init_value=ls_init_values[i],
+                    res_scale=res_scale, drop_path=next(dpr), deploy=deploy, **dd,
                 )
                 for _ in range(depth)
-            )
-            self.add_module(f"blocks{i + 1}", blocks)
+            ])
+            self.add_module(f"blocks{i + 1}", stage)
 
         # Focus-Net: context-guided ContMix blocks at stride 16 and 32
-        for j, (stage, depth) in enumerate(zip((2, 3), sub_depths)):
-            blocks = nn.ModuleList(
+        for j, (stage_index, depth) in enumerate(zip((2, 3), sub_depths)):
+            dim = embed_dims[stage_index]
+            blocks = [
                 DynamicConvBlock(
-                    embed_dims[stage],
-                    ctx_dim=d4,
-                    kernel_size=kernel_sizes[stage],
-                    smk_size=smk_size,
-                    num_heads=sub_num_heads[j],
-                    mlp_ratio=sub_mlp_ratios[j],
-                    ls_init_value=ls_init_values[stage],
-                    res_scale=res_scale,
-                    drop_path=next(dpr),
-                    is_first=(j == 0 and k == 0),
-                    is_last=(j == 1 and k == depth - 1),
-                    deploy=deploy,
+                    dim, ctx_dim, kernel_size=kernel_sizes[stage_index], smk_size=smk_size,
+                    num_heads=sub_num_heads[j], mlp_ratio=sub_mlp_ratios[j],
+                    ls_init_value=ls_init_values[stage_index], res_scale=res_scale, drop_path=next(dpr),
+                    is_first=(j == 0 and k == 0), deploy=deploy, contmix_backend=contmix_backend, **dd,
                 )
                 for k in range(depth)
-            )
-            self.add_module(f"sub_blocks{stage + 1}", blocks)
+            ]
+            self.add_module(f"sub_blocks{stage_index + 1}", FocusStage(blocks, dim, ctx_dim))
 
-        if dense:
-            self.num_classes = 0
-            self.h_proj = nn.Sequential(nn.Conv2d(d4, d4 + ctx_dim, 1), LayerScale(d4 + ctx_dim, 1e-5))
-            self.extra_norm = nn.ModuleList(
-                LayerNorm2d(info["num_chs"]) for info in self.feature_info
-            ).append(LayerNorm2d(d4))
-        else:
+        self.global_pool = global_pool
+        if dense_form is None:
             self.num_classes = num_classes
-            self.global_pool = global_pool
-            if with_aux_head:
-                self.aux_head = nn.Sequential(nn.BatchNorm2d(d4), nn.AdaptiveAvgPool2d(1), _classifier(d4, num_classes))
+            self.extra_norm = None
+            self.h_proj = None
+            self.aux_head = (
+                nn.Sequential(nn.BatchNorm2d(d4, **dd), nn.AdaptiveAvgPool2d(1), _classifier(d4, num_classes, **dd))
+                if with_aux_head else None
+            )
             self.head = nn.Sequential(
-                nn.Conv2d(self.num_features, projection, 1, bias=False),
-                nn.BatchNorm2d(projection),
+                nn.Conv2d(self.num_features, projection, 1, bias=False, **dd),
+                nn.BatchNorm2d(projection, **dd),
                 nn.SiLU(),
                 _pool(global_pool),
-                _classifier(projection, num_classes),
+                _classifier(projection, num_classes, **dd),
             )
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        else:
+            self.num_classes = 0
+            self.aux_head = None
+            self.head = None
+            norms = [LayerNorm2d(info["num_chs"], **dd) for info in self.feature_info]
+            if dense_form == "detection":  # the Overview-Net output fused into stage 4
+                self.h_proj = nn.Sequential(nn.Conv2d(d4, d4 + ctx_dim, 1, **dd), LayerScale(d4 + ctx_dim, 1e-5, **dd))
+                norms.append(LayerNorm2d(d4, **dd))
+            else:
+                self.h_proj = None
+            self.extra_norm = nn.ModuleList(norms)
+        self.apply(_init_weights)
 
     # ------------------------------------------------------------------ timm model API
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool | Sequence[int | bool] = True) -> None:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups in the order of the network's depth: stem, Base-Net and Overview-Net stages,
+        Focus-Net stages; the heads last."""
+        if coarse:
+            return dict(
+                stem=r"^patch_embed1\.",
+                blocks=[(r"^(?:patch_embed|blocks)(\d)\.", None), (r"^high_level_proj\.", (4,))],
+                focus=[(r"^(?:sub_blocks3|patch_embedx)\.", (3,)), (r"^sub_blocks4\.", (4,))],
+            )
+        return dict(
+            stem=r"^patch_embed1\.",
+            blocks=[
+                (r"^patch_embed(\d)\.", (0,)),
+                (r"^blocks(\d)\.(\d+)\.", None),
+                (r"^high_level_proj\.", (4, 99999)),
+            ],
+            focus=[(r"^sub_blocks(\d)\.(\d+)\.", None), (r"^patch_embedx\.", (4, 0))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: Union[bool, Sequence[Union[int, bool]]] = True) -> None:
         """Recompute blocks in the backward pass to save memory.
 
-        ``enable`` is a bool for every stage, or four per-stage values (True/False, or how many of
-        the stage's leading blocks to checkpoint, as the official ``use_checkpoint`` list).
-        Stage 3 and 4 values also cover the Focus-Net blocks at the same stride.
+        ``enable`` is a bool for every stage, or four per-stage values (True/False, or how many of the stage's
+        leading blocks to checkpoint, as the official ``use_checkpoint`` list). Stage 3 and 4 values also cover
+        the Focus-Net blocks at the same stride.
         """
         values = [enable] * 4 if isinstance(enable, bool) else list(enable)
         if len(values) != 4:
             raise ValueError(f"expected a bool or 4 per-stage values, got {enable!r}")
-        self.grad_checkpointing = tuple(10**9 if v is True else int(v) for v in values)
+        counts = [10**9 if v is True else int(v) for v in values]
+        for name, count in zip(("blocks1", "blocks2", "blocks3", "blocks4"), counts):
+            getattr(self, name).checkpoint_blocks = count
+        self.sub_blocks3.checkpoint_blocks, self.sub_blocks4.checkpoint_blocks = counts[2], counts[3]
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
+        if self.head is None:
+            raise RuntimeError("the dense backbone has no classifier")
         return self.head[4]
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace both classifiers (main and auxiliary) for ``num_classes`` (0 removes them)."""
-        if self.dense:
+        if self.head is None:
             raise RuntimeError("the dense backbone has no classifier")
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
             self.head[3] = _pool(global_pool)
-        device = self.head[0].weight.device
-        self.head[4] = _classifier(self.head_hidden_size, num_classes).to(device)
-        if hasattr(self, "aux_head"):
-            self.aux_head[2] = _classifier(self.aux_head[0].num_features, num_classes).to(device)
+        ref = self.head[0].weight
+        dd = dict(device=ref.device, dtype=ref.dtype)
+        self.head[4] = _classifier(self.head_hidden_size, num_classes, **dd).train(self.training)
+        if self.aux_head is not None:
+            aux = _classifier(self.aux_head[0].num_features, num_classes, **dd).train(self.training)
+            self.aux_head[2] = aux
+        for head in (self.head[4], self.aux_head[2] if self.aux_head is not None else None):
+            if head is not None:
+                head.apply(_init_weights)
+                head.requires_grad_(ref.requires_grad)
 
     @torch.no_grad()
     def reparameterize(self) -> "OverLoCK":
         """Merge every Dilated RepConv in place: the model becomes its ``_reparam`` (deploy) form."""
         for m in self.modules():
-            if isinstance(m, DilatedRepConv):
+            if hasattr(m, "reparameterize") and m is not self:
                 m.reparameterize()
         return self
 
-    # ------------------------------------------------------------------ forward pieces
-    def _call(self, stage: int, index: int, block: nn.Module, *args: Tensor):
-        """Run one block, recomputing it in the backward pass when checkpointing covers it."""
-        if index < self.grad_checkpointing[stage - 1] and torch.is_grad_enabled():
-            return checkpoint(block, *args)
-        return block(*args)
+    # ------------------------------------------------------------------ the three sub-networks
+    def forward_base(self, x: Tensor, last: int = 2) -> List[Tensor]:
+        """Base-Net: stem and stages 1-3; the stride-4, -8 and -16 maps (up to level ``last``).
 
-    def _stem_and_stage1(self, x: Tensor) -> Tensor:
-        """The stride-4 features: stem, then the stage-1 blocks."""
-        x = self.patch_embed1(x)
-        for i, blk in enumerate(self.blocks1):
-            x = self._call(1, i, blk, x)
-        return x
-
-    def _stage1_chunks(self, x: Tensor) -> int:
-        """Parts of the batch that CPU inference runs the stem and stage 1 on one after the other.
-
-        Their maps are the network's largest (stage 1's ConvFFN widens the stride-4 map fourfold), and
-        whole-batch maps of tens of MB cost more in fresh pages and cache misses than a few more calls
-        cost in overhead. In eval mode every layer is per-image, so the result is the same.
+        The dense backbones feed the stride-8 map on after its LayerNorm, as the official ones do.
         """
-        if (
-            self.training
-            or torch.is_grad_enabled()
-            or is_fx_symbolic_tracing()
-            or torch.compiler.is_compiling()
-            or x.device.type != "cpu"
-        ):
-            return 1
-        batch, _, height, width = x.shape
-        per_image = self.feature_info[0]["num_chs"] * -(-height // 4) * -(-width // 4) * x.element_size()
-        return max(1, min(batch, -(-batch * per_image // STAGE1_BYTES_PER_CHUNK)))
+        x = self.blocks1(self.patch_embed1(x))
+        levels = [x]
+        if last >= 1:
+            x = self.blocks2(self.patch_embed2(x))
+            if self.extra_norm is not None:
+                x = self.extra_norm[1](x)
+            levels.append(x)
+        if last >= 2:
+            levels.append(self.blocks3(self.patch_embed3(x)))
+        return levels
 
-    def _levels(self, x: Tensor, last: int = 3) -> list[Tensor]:
-        """Pyramid outputs at strides 4, 8, 16, 32 (levels 0..``last``) plus, for classification
-        models, the Overview-Net output as an extra final entry when ``last`` is 3."""
-        check_image_batch(x, self.patch_embed1[0].in_channels)
-        out: list[Tensor] = []
-        x = compute_layout(x)
-        chunks = self._stage1_chunks(x)
-        if chunks > 1:
-            x = torch.cat([self._stem_and_stage1(part) for part in x.tensor_split(chunks)])
-        else:
-            x = self._stem_and_stage1(x)
-        out.append(self.extra_norm[0](x) if self.dense else x)
-        if last == 0:
-            return out
-        x = self.patch_embed2(x)
-        for i, blk in enumerate(self.blocks2):
-            x = self._call(2, i, blk, x)
-        if self.dense:
-            x = self.extra_norm[1](x)  # the official dense backbone feeds the normed map onward
-        out.append(x)
-        if last == 1:
-            return out
-        x = self.patch_embed3(x)
-        for i, blk in enumerate(self.blocks3):
-            x = self._call(3, i, blk, x)
-        overview = self.patch_embed4(x)
-        for i, blk in enumerate(self.blocks4):
-            overview = self._call(4, i, blk, overview)
-        ctx_prior = self.high_level_proj(overview)
-        ctx_up = resize_like(ctx_prior, x)
-        ctx = ctx_up
-        for i, blk in enumerate(self.sub_blocks3):
-            x, ctx = self._call(3, i, blk, x, ctx, ctx_up)
-        level3 = torch.cat([x, ctx], dim=1)
-        out.append(self.extra_norm[2](level3) if self.dense else level3)
-        if last == 2:
-            return out
-        x, ctx = self.patch_embedx(x, ctx)
-        for i, blk in enumerate(self.sub_blocks4):
-            x, ctx = self._call(4, i, blk, x, ctx, ctx_prior)
-        if self.dense:
-            x = self.extra_norm[3](x) + self.h_proj(self.extra_norm[4](overview))
-            out.append(x)
-        else:
-            out.extend([x, overview])
+    def forward_overview(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Overview-Net: stage 4 on the stride-16 map; its output and the context prior projected from it."""
+        overview = self.blocks4(self.patch_embed4(x))
+        return overview, self.high_level_proj(overview)
+
+    def forward_focus(self, x: Tensor, ctx_prior: Tensor, last: int = 3) -> List[Tensor]:
+        """Focus-Net: ContMix blocks guided by the context prior, at stride 16, then 32 (up to level ``last``).
+
+        Returns the stride-16 and stride-32 maps, each features and context channels together.
+        """
+        prior_up = resize_like(ctx_prior, x)
+        out = self.sub_blocks3(x, prior_up, prior_up)
+        levels = [out]
+        if last >= 3:
+            parts = out.split([self.embed_dims[2], self.ctx_dim], dim=1)
+            x, ctx = self.patch_embedx(parts[0], parts[1])
+            levels.append(self.sub_blocks4(x, ctx, ctx_prior))
+        return levels
+
+    def forward_pyramid(self, x: Tensor, last: int = 3) -> Tuple[List[Tensor], Optional[Tensor]]:
+        """Pyramid levels 0..``last`` (strides 4-32) as the model outputs them, and the Overview-Net output
+        (None when ``last`` < 2)."""
+        check_image_batch(x, self.in_chans)
+        levels = self.forward_base(x, last)
+        overview: Optional[Tensor] = None
+        if last >= 2:
+            overview, ctx_prior = self.forward_overview(levels[2])
+            levels = levels[:2] + self.forward_focus(levels[2], ctx_prior, last)
+        if self.extra_norm is not None:
+            levels = self._normed_levels(levels, overview)
+        return levels, overview
+
+    def _normed_levels(self, levels: List[Tensor], overview: Optional[Tensor]) -> List[Tensor]:
+        """The dense backbones' outputs: each level after its LayerNorm (stride 8 is normed on the way already),
+        the detection form adding the projected Overview-Net output to stride 32."""
+        assert self.extra_norm is not None
+        out = [self.extra_norm[0](levels[0])] + levels[1:2]
+        if len(levels) > 2:
+            out.append(self.extra_norm[2](levels[2]))
+        if len(levels) > 3:
+            top = self.extra_norm[3](levels[3])
+            if self.h_proj is not None and overview is not None:
+                top = top + self.h_proj(self.extra_norm[4](overview))
+            out.append(top)
         return out
 
-    def forward_features_with_context(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    # ------------------------------------------------------------------ forward
+    def forward_features_with_context(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Focus-Net output (B, num_features, H/32, W/32) and Overview-Net output (B, dim4, H/32, W/32)."""
-        if self.dense:
-            raise RuntimeError("the dense backbone returns a pyramid; use forward() or forward_intermediates()")
-        focus, overview = self._levels(x)[-2:]
-        return focus, overview
+        levels, overview = self.forward_pyramid(x)
+        assert overview is not None
+        return levels[3], overview
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Unpooled Focus-Net features (the last pyramid level for the dense backbone)."""
-        return self._levels(x)[3]
+        """Unpooled Focus-Net features (the last pyramid level for a dense backbone)."""
+        return self.forward_pyramid(x)[0][3]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Main head: 1x1 projection, BN, SiLU, global pool, (dropout), classifier."""
+        if self.head is None:
+            raise RuntimeError("the dense backbone has no classifier head")
         x = self.head[3](self.head[2](self.head[1](self.head[0](x))))
         pooled = self.global_pool != ""
         if pooled:
@@ -357,63 +403,76 @@ class OverLoCK(nn.Module):
 
     def forward_aux_head(self, overview: Tensor) -> Tensor:
         """Auxiliary head on the Overview-Net output: BN, global average pool, classifier."""
+        if self.aux_head is None:
+            raise RuntimeError("this model has no auxiliary head")
         return self.aux_head(overview).flatten(1)
 
-    def forward(self, x: Tensor) -> Tensor | OverLoCKOutput | list[Tensor]:
-        """Logits in eval mode; ``OverLoCKOutput(main, aux)`` in train mode when the auxiliary head
-        exists; the four-level pyramid for the dense backbone."""
-        if self.dense:
-            return self._levels(x)
-        focus, overview = self.forward_features_with_context(x)
-        logits = self.forward_head(focus)
-        if self.training and hasattr(self, "aux_head"):
-            aux = self.forward_aux_head(overview)
-            if is_fx_symbolic_tracing():  # keep both heads visible as graph outputs to torch.fx
-                return logits, aux
-            return OverLoCKOutput(logits, aux)
+    def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor], List[Tensor]]:
+        """Logits in eval mode; the pair ``(main, aux)`` of the main and auxiliary heads' logits in train mode when
+        the auxiliary head exists (a plain tuple, as timm's models with a second head return it); the four-level
+        pyramid for a dense backbone."""
+        levels, overview = self.forward_pyramid(x)
+        if self.head is None:
+            return levels
+        logits = self.forward_head(levels[3])
+        if self.training and self.aux_head is not None and overview is not None:
+            return logits, self.forward_aux_head(overview)
         return logits
 
+    @torch.jit.ignore
     def forward_intermediates(
         self,
         x: Tensor,
-        indices: int | list[int] | None = None,
+        indices: Optional[Union[int, List[int]]] = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
         """Pyramid levels selected by ``indices`` (strides 4, 8, 16, 32), and the final features.
 
-        ``norm`` is accepted for timm compatibility: the dense backbone always normalises its
-        levels and the classification model has no final norm.
+        ``norm`` is accepted for timm compatibility: the dense backbones always normalise their levels and the
+        classifier has no final norm.
         """
         if output_fmt != "NCHW":
             raise ValueError(f"OverLoCK produces NCHW features, got output_fmt={output_fmt!r}")
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         last = max_index if (stop_early or intermediates_only) else 3
-        levels = self._levels(x, last)
+        levels, _ = self.forward_pyramid(x, last)
         intermediates = [levels[i] for i in take]
         if intermediates_only:
             return intermediates
         return levels[last], intermediates
 
+    @torch.jit.ignore
     def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the heads (and everything past the last wanted level when it is below stride 16)."""
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop the heads (and the stages past the last wanted level when it is below stride 16)."""
         take, max_index = feature_take_indices(len(self.feature_info), indices)
-        if prune_head and not self.dense:
+        if prune_head and self.head is not None:
             self.reset_classifier(0, "")
-            if hasattr(self, "aux_head"):
-                del self.aux_head
+            self.aux_head = None
         if max_index < 2:
             for name in ("patch_embed3", "patch_embed4", "high_level_proj", "patch_embedx"):
                 setattr(self, name, nn.Identity())
-            for name in ("blocks3", "blocks4", "sub_blocks3", "sub_blocks4"):
-                setattr(self, name, nn.ModuleList())
+            for name in ("blocks3", "blocks4"):
+                setattr(self, name, RepConvStage())
+            for name in ("sub_blocks3", "sub_blocks4"):
+                setattr(self, name, FocusStage([], 0, 0))
             if max_index < 1:
-                self.patch_embed2, self.blocks2 = nn.Identity(), nn.ModuleList()
+                self.patch_embed2, self.blocks2 = nn.Identity(), RepConvStage()
         return take
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Linear, nn.Conv2d)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
 
 
 def _pool(global_pool: str) -> nn.Module:
@@ -426,8 +485,8 @@ def _pool(global_pool: str) -> nn.Module:
     raise ValueError(f"global_pool must be 'avg', 'max' or '', got {global_pool!r}")
 
 
-def _classifier(in_dim: int, num_classes: int) -> nn.Module:
-    return nn.Conv2d(in_dim, num_classes, 1) if num_classes > 0 else nn.Identity()
+def _classifier(in_dim: int, num_classes: int, **dd: Any) -> nn.Module:
+    return nn.Conv2d(in_dim, num_classes, 1, **dd) if num_classes > 0 else nn.Identity()
 
 
 # ---------------------------------------------------------------------- checkpoint filter
@@ -437,8 +496,8 @@ _DENSE_ONLY_PREFIXES = ("extra_norm.", "h_proj.")
 
 
 def unwrap_state_dict(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
-    """The weights inside a checkpoint, whatever its wrapper (EMA first), with prefixes of
-    distributed wrappers and of detection/segmentation models (``backbone.``) removed."""
+    """The weights inside a checkpoint, whatever its wrapper (EMA first), with prefixes of distributed wrappers
+    and of detection/segmentation models (``backbone.``) removed."""
     for key in _WRAPPER_KEYS:
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
@@ -455,23 +514,39 @@ def _summarise(keys: Iterable[str], limit: int = 12) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
+def _form_hint(missing: set[str], unexpected: set[str]) -> Optional[str]:
+    """What the checkpoint is, when its keys say it is another form of the model."""
+    def dilated(keys: set[str]) -> bool:
+        return any(".origin_bn." in k or ".dil_conv_" in k for k in keys)
+
+    if dilated(unexpected):
+        return "this is a training-form checkpoint; load it into the variant without '_reparam'"
+    if dilated(missing):
+        return "this is a re-parameterised checkpoint; load it into the '_reparam' variant"
+    if any(k.startswith(_DENSE_ONLY_PREFIXES) for k in unexpected):
+        return "this is a dense-backbone checkpoint; create the model with features_only=True"
+    if any(k.startswith(("h_proj.", "extra_norm.4.")) for k in missing):
+        return "this is a segmentation-backbone checkpoint; create the model with dense_form='segmentation'"
+    return None
+
+
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: OverLoCK) -> dict[str, Tensor]:
     """Fit an official (or our own) checkpoint to ``model`` and check that it fits exactly.
 
-    Accepts bare state dicts or ones under ``state_dict``/``model``/``state_dict_ema``, and the
-    ``backbone.`` part of official Mask R-CNN / UperNet checkpoints. An ImageNet checkpoint loaded
-    into the dense backbone keeps the backbone's fresh extra norms and fusion (as the official
-    detection training does). Classifier weights are left for timm to adapt. Raises
-    ``CheckpointMismatchError`` listing missing, unexpected and mis-shaped keys.
+    Accepts bare state dicts or ones under ``state_dict``/``model``/``state_dict_ema``, and the ``backbone.`` part
+    of official Mask R-CNN / UperNet checkpoints. An ImageNet checkpoint loaded into a dense backbone keeps the
+    backbone's fresh extra norms and fusion (as the official detection and segmentation training do). Classifier
+    weights are left for timm to adapt. Raises ``CheckpointMismatchError`` listing missing, unexpected and
+    mis-shaped keys, with a hint when the file holds another form of the model.
     """
     state_dict = unwrap_state_dict(state_dict)
     target = model.state_dict()
-    if model.dense:
+    if model.dense_form is not None:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("head.", "aux_head."))}
         if not any(k.startswith(_DENSE_ONLY_PREFIXES) for k in state_dict):
-            _logger.info("classification checkpoint: dense-backbone norms and fusion keep their initial values")
+            _logger.info("classification checkpoint: the dense backbone's norms and fusion keep their initial values")
             state_dict.update({k: v for k, v in target.items() if k.startswith(_DENSE_ONLY_PREFIXES)})
-    elif not hasattr(model, "aux_head"):
+    elif model.aux_head is None:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("aux_head.")}
 
     def fits(key: str) -> bool:
@@ -492,17 +567,14 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: OverLoCK) -> dict[st
             lines.append(f"unexpected keys: {_summarise(unexpected)}")
         if mis_shaped:
             lines.append(f"shape mismatches: {_summarise(mis_shaped, limit=6)}")
-        if any(".origin_bn." in k or ".dil_conv_" in k for k in unexpected):
-            lines.append("hint: this is a training-form checkpoint; load it into the variant without '_reparam'")
-        elif any(".origin_bn." in k or ".dil_conv_" in k for k in missing):
-            lines.append("hint: this is a re-parameterised checkpoint; load it into the '_reparam' variant")
-        elif any(k.startswith(_DENSE_ONLY_PREFIXES) for k in unexpected):
-            lines.append("hint: this is a dense-backbone checkpoint; create the model with features_only=True")
+        hint = _form_hint(missing, unexpected)
+        if hint:
+            lines.append(f"hint: {hint}")
         raise CheckpointMismatchError("\n  ".join(lines))
     return state_dict
 
 
-# ---------------------------------------------------------------------- builders and configs
+# ---------------------------------------------------------------------- builders and pretrained configs
 def _check_pretrained_file(kwargs: dict[str, Any]) -> None:
     """Clear errors for a missing or unreadable ``pretrained_cfg_overlay['file']`` before timm loads it."""
     path = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
@@ -520,7 +592,7 @@ def _check_pretrained_file(kwargs: dict[str, Any]) -> None:
 
 def _create_overlock(variant: str, pretrained: bool = False, **kwargs: Any) -> OverLoCK:
     if kwargs.get("features_only", False):
-        kwargs["dense"] = True
+        kwargs.setdefault("dense_form", "detection")
     if pretrained:
         _check_pretrained_file(kwargs)
     return build_model_with_cfg(

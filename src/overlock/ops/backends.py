@@ -2,14 +2,14 @@
 
 A backend is a pair of functions on (B, G, H, W, K*K) weights and (B, G, H, W, C) values --
 ``forward(attn, value, k) -> out`` and ``backward(grad_out, attn, value, k) -> (grad_attn, grad_value)`` --
-plus a capability check. 'auto' picks by device: 'triton' for CUDA tensors when it works, 'cpu' for CPU
-tensors, 'reference' otherwise; the ``backend`` argument or the ``OVERLOCK_CONTMIX_BACKEND`` environment
-variable overrides it.
+plus a capability check. A module names its backend once, when it is built: ``'auto'`` (the default) lets the
+op take the fastest one that can run on the tensors it is given ('triton' for CUDA tensors when it works, 'cpu'
+for CPU tensors, 'reference' elsewhere), as any PyTorch op picks its kernel by device; any other name is used
+as it is, and an error says so when it cannot run.
 """
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
@@ -18,8 +18,8 @@ from torch import Tensor
 
 from . import cpu, reference
 
-ENV_VAR = "OVERLOCK_CONTMIX_BACKEND"
 TRITON_MODULE = f"{__package__}.triton_av"
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,15 @@ BACKENDS: dict[str, Backend] = {
         "a CUDA tensor and a working triton install (or TRITON_INTERPRET=1 for CPU tensors)",
     ),
 }
-# automatic choice by device type, fastest first; 'reference' runs everywhere else
+# the automatic choice by device type, fastest first; 'reference' runs everywhere else
 _AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("triton",), "cpu": ("cpu",)}
+
+
+def check_backend_name(name: str) -> str:
+    """``name`` if it is 'auto' or a registered backend, else a clear error listing the choices."""
+    if name != AUTO and name not in BACKENDS:
+        raise ValueError(f"unknown ContMix backend {name!r}; choose one of: {', '.join([AUTO, *BACKENDS])}")
+    return name
 
 
 def available_backends(value: Tensor | None = None) -> list[str]:
@@ -63,16 +70,14 @@ def available_backends(value: Tensor | None = None) -> list[str]:
     return [name for name, backend in BACKENDS.items() if value is None or backend.supports(value)]
 
 
-def select_backend(value: Tensor, backend: str | None = None) -> str:
-    """Resolve ``backend`` (else the environment override, else 'auto') to a backend that can run on ``value``."""
-    name = backend or os.environ.get(ENV_VAR) or "auto"
-    if name == "auto":
+def resolve_backend(name: str, value: Tensor) -> str:
+    """The backend that runs a module's ``name`` ('auto' or a backend name) on ``value``."""
+    check_backend_name(name)
+    if name == AUTO:
         for candidate in _AUTO_ORDER.get(value.device.type, ()):
             if BACKENDS[candidate].supports(value):
                 return candidate
         return "reference"
-    if name not in BACKENDS:
-        raise ValueError(f"unknown ContMix backend {name!r}; choose one of: {', '.join(['auto', *BACKENDS])}")
     if not BACKENDS[name].supports(value):
         raise RuntimeError(
             f"ContMix backend {name!r} cannot run on a {value.dtype} tensor on {value.device.type}: "

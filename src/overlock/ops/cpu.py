@@ -18,8 +18,8 @@ the inputs; the matmuls do W/K times the arithmetic of a direct sum, which BLAS 
 against K^2 passes over memory (see ``benchmarks/contmix_kernel.py``). Half-precision inputs are computed
 in float32.
 
-For inference, ``softmax_av_forward`` starts one step earlier, from the logits (or their factors
-``query @ key``) and the bias: a block of images and rows at a time, the logits, their softmax, the band
+For inference, ``softmax_av_forward`` starts one step earlier, from the logits' factors ``query @ key`` and
+the bias: a block of images and rows at a time, the logits, their softmax, the band
 and the matmuls all stay in a core's cache, so the kernel weights are never written to memory and read
 back (in the unfused order: up to four passes over a tensor K^2 times the size of a value group).
 """
@@ -29,13 +29,11 @@ import torch
 from torch import Tensor
 
 from .layout import empty_like_layout, is_planar
-from .reference import window_starts
+from .geometry import window_starts
 
 # band buffer of one block of ``softmax_av_forward`` (floats; 4 MiB in float32, about half of it per core when
 # two threads split the block's matmuls): the block's logits and weights (K/W of it) and its band stay in cache
-# between the steps, and small maps take few, large steps. Whole XT passes took 0.977 of the time they take with
-# 2 MiB blocks, and 8 MiB blocks 1.085 of it (paired, ``python benchmarks/band_per_block.py overlock_xt
-# --threads 2 --iters 20``).
+# between the steps, and small maps take few, large steps
 BAND_PER_BLOCK = 1 << 20
 
 
@@ -198,13 +196,10 @@ def _block_shape(batch: int, groups: int, height: int, width: int, kernel_size: 
     return batch, max(1, min(height, BAND_PER_BLOCK // (batch * row_band)))
 
 
-def softmax_av_forward(
-    logits: Tensor | None, query: Tensor | None, key: Tensor | None, bias: Tensor, value: Tensor, kernel_size: int
-) -> Tensor:
-    """``av_forward(softmax(logits + bias), value)`` computed a cache-sized block at a time (inference only).
+def softmax_av_forward(query: Tensor, key: Tensor, bias: Tensor, value: Tensor, kernel_size: int) -> Tensor:
+    """``av_forward(softmax(query @ key + bias), value)`` computed a cache-sized block at a time (inference only).
 
-    The logits are given either as a (B, G, H*W, K*K) tensor or as factors ``query @ key``: query
-    (B, G, H*W, c) and key (B, G, c, K*K) (then ``logits`` is None). bias is (G or 1, H*W, K*K), value
+    query (B, G, H*W, c) and key (B, G, c, K*K) are the logits' factors, bias (G or 1, H*W, K*K), value
     (B, G, H, W, C); one dtype, float32 or float64. Returns (B, G, H, W, C) in the channel layout of ``value``.
     """
     b, g, h, w, c = value.shape
@@ -223,11 +218,8 @@ def softmax_av_forward(
         for top in range(0, h, rows):
             bottom = min(top + rows, h)
             queries = slice(top * w, bottom * w)
-            if logits is None:
-                block_logits = torch.matmul(query[batch, :, queries], key[batch])  # (images, G, rows*W, K*K)
-                block_logits += bias[:, queries]
-            else:
-                block_logits = logits[batch, :, queries] + bias[:, queries]
+            block_logits = torch.matmul(query[batch, :, queries], key[batch])  # (images, G, rows*W, K*K)
+            block_logits += bias[:, queries]
             weights = torch.softmax(block_logits, dim=-1).view(-1, bottom - top, w, k, k)
             _fill_band(views, weights, 0, bottom - top)
             _multiply_runs(maps_band, top, _runs(starts, top, bottom), values[maps], out_rows[maps], w, k)

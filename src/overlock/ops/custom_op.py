@@ -1,11 +1,10 @@
-"""The neighbourhood weighted sum as PyTorch custom ops (``overlock::neighbourhood_av`` and its backward, and
-the CPU inference fusion ``overlock::softmax_av_cpu``).
+"""The neighbourhood weighted sum as PyTorch custom ops: ``overlock::neighbourhood_av`` (with its backward,
+``overlock::neighbourhood_av_backward``) and the CPU inference fusion ``overlock::softmax_av``.
 
-Registered with fake (meta) implementations and an autograd formula, so ``torch.compile(fullgraph=True)``
-treats the kernel application as one opaque node whatever backend runs it, instead of tracing (and
-unrolling) Python loops. The backend is an argument of the op; its kernels come from ``backends.BACKENDS``.
-Outputs and value gradients have the layout of ``value`` (see ``layout``), gradients of the weights are
-contiguous; fakes and real kernels agree on those strides.
+Registered with fake kernels and an autograd formula, so tracing, scripting, ``torch.compile(fullgraph=True)``
+and ``torch.export`` see the kernel application as one opaque node whatever backend runs it. The backend is an
+argument of the op (see ``backends``). Outputs and value gradients have the layout of ``value`` (see ``layout``),
+gradients of the weights are contiguous; fakes and real kernels agree on those strides.
 """
 from __future__ import annotations
 
@@ -13,14 +12,15 @@ import torch
 from torch import Tensor
 
 from . import cpu
-from .backends import BACKENDS
+from .backends import BACKENDS, resolve_backend
 from .layout import empty_like_layout, in_layout_of
 
 
 @torch.library.custom_op("overlock::neighbourhood_av", mutates_args=())
 def neighbourhood_av(attn: Tensor, value: Tensor, kernel_size: int, backend: str) -> Tensor:
-    """``out[q] = sum_n attn[q, n] * value[neighbour n of q]`` with the kernels of ``backend``."""
-    return in_layout_of(BACKENDS[backend].forward(attn, value, kernel_size), value)
+    """``out[q] = sum_n attn[q, n] * value[neighbour n of q]`` with the kernels ``backend`` resolves to."""
+    kernels = BACKENDS[resolve_backend(backend, value)]
+    return in_layout_of(kernels.forward(attn, value, kernel_size), value)
 
 
 @neighbourhood_av.register_fake
@@ -33,7 +33,8 @@ def neighbourhood_av_backward(
     grad_out: Tensor, attn: Tensor, value: Tensor, kernel_size: int, backend: str
 ) -> tuple[Tensor, Tensor]:
     """Gradients (grad_attn, grad_value) of ``neighbourhood_av``."""
-    grad_attn, grad_value = BACKENDS[backend].backward(grad_out, attn, value, kernel_size)
+    kernels = BACKENDS[resolve_backend(backend, value)]
+    grad_attn, grad_value = kernels.backward(grad_out, attn, value, kernel_size)
     return grad_attn.contiguous(), in_layout_of(grad_value, value)
 
 
@@ -58,17 +59,13 @@ def _backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None]:
 neighbourhood_av.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("overlock::softmax_av_cpu", mutates_args=())
-def softmax_av_cpu(
-    logits: Tensor | None, query: Tensor | None, key: Tensor | None, bias: Tensor, value: Tensor, kernel_size: int
-) -> Tensor:
-    """Inference only (no autograd): ``neighbourhood_av(softmax(logits + bias), value)`` on CPUs, with the logits
-    given or as ``query @ key``, a cache-sized block at a time (see ``cpu.softmax_av_forward``)."""
-    return in_layout_of(cpu.softmax_av_forward(logits, query, key, bias, value, kernel_size), value)
+@torch.library.custom_op("overlock::softmax_av", mutates_args=())
+def softmax_av(query: Tensor, key: Tensor, bias: Tensor, value: Tensor, kernel_size: int) -> Tensor:
+    """Inference only (no autograd): ``neighbourhood_av(softmax(query @ key + bias), value)``, a cache-sized
+    block at a time, so that neither the logits nor the kernel weights go to memory (``cpu.softmax_av_forward``)."""
+    return in_layout_of(cpu.softmax_av_forward(query, key, bias, value, kernel_size), value)
 
 
-@softmax_av_cpu.register_fake
-def _(
-    logits: Tensor | None, query: Tensor | None, key: Tensor | None, bias: Tensor, value: Tensor, kernel_size: int
-) -> Tensor:
+@softmax_av.register_fake
+def _(query: Tensor, key: Tensor, bias: Tensor, value: Tensor, kernel_size: int) -> Tensor:
     return empty_like_layout(value)

@@ -14,41 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-
-def window_starts(length: int, kernel_size: int, device: torch.device | None = None) -> Tensor:
-    """First neighbour index of every query on an axis: ``clamp(i - K//2, 0, L - K)``."""
-    idx = torch.arange(length, device=device)
-    return (idx - kernel_size // 2).clamp(0, length - kernel_size)
-
-
-def neighbour_indices(length: int, kernel_size: int, device: torch.device | None = None) -> Tensor:
-    """(L, K) table: position of the k-th neighbour of every query on an axis."""
-    offsets = torch.arange(kernel_size, device=device)
-    return window_starts(length, kernel_size, device)[:, None] + offsets[None, :]
-
-
-def relative_position_bias(rpb: Tensor, height: int, width: int, kernel_size: int) -> Tensor:
-    """Expand a (G, 2K-1, 2K-1) table to per-query biases of shape (G, H, W, K*K).
-
-    Query (i, j) and neighbour (a, b) read ``rpb[g, s_i + a - i + K - 1, s_j + b - j + K - 1]``
-    where ``s`` are the shifted window starts.
-    """
-    return relative_position_bias_grid(rpb, height, width, kernel_size).reshape(rpb.shape[0], height, width, -1)
-
-
-def relative_position_bias_grid(rpb: Tensor, height: int, width: int, kernel_size: int) -> Tensor:
-    """``relative_position_bias`` shaped (G, H, W, K, K), as it is added to (.., K, K) logits.
-
-    Along each axis the K indices of a query are consecutive, starting at ``s_i - i + K - 1``, so the
-    table is cut into its K-long windows (``unfold``, a view) and each query selects one window with
-    ``index_select``: a copy of K-element rows instead of a scalar gather, with a fast backward.
-    """
-    k = kernel_size
-    device = rpb.device
-    row_start = window_starts(height, k, device) - torch.arange(height, device=device) + k - 1
-    col_start = window_starts(width, k, device) - torch.arange(width, device=device) + k - 1
-    rows = rpb.unfold(1, k, 1).index_select(1, row_start)  # (G, H, 2K-1, K): [g, i, c, a]
-    return rows.unfold(2, k, 1).index_select(2, col_start)  # (G, H, W, K, K): [g, i, j, a, b]
+from .geometry import neighbour_indices, relative_position_bias
 
 
 def av_forward(attn: Tensor, value: Tensor, kernel_size: int) -> Tensor:

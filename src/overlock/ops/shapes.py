@@ -1,5 +1,7 @@
-"""Shape checks shared by the public op and the backends that can be called directly."""
+"""Shape checks shared by the public op and the backends that can be called directly (scriptable)."""
 from __future__ import annotations
+
+from typing import Optional
 
 from torch import Tensor
 
@@ -23,11 +25,19 @@ def check_kernel_inputs(weights: Tensor, value: Tensor, kernel_size: int, weight
     if value.dim() != 5 or weights.dim() != 5:
         raise ValueError(
             f"expected {weights_name} (B, G, H, W, K*K) and value (B, G, H, W, C), "
-            f"got {weights_name} {tuple(weights.shape)} and value {tuple(value.shape)}"
+            f"got {weights_name} {list(weights.shape)} and value {list(value.shape)}"
         )
-    if weights.shape[:4] != value.shape[:4] or weights.shape[-1] != kernel_size**2:
+    if weights.shape[:4] != value.shape[:4] or weights.shape[-1] != kernel_size * kernel_size:
         raise ValueError(
-            f"shape of {weights_name} {tuple(weights.shape)} does not match value {tuple(value.shape)} "
-            f"with kernel_size {kernel_size} (last dim must be {kernel_size ** 2})"
+            f"shape of {weights_name} {list(weights.shape)} does not match value {list(value.shape)} "
+            f"with kernel_size {kernel_size} (last dim must be {kernel_size * kernel_size})"
         )
     check_window(kernel_size, value.shape[2], value.shape[3])
+
+
+def check_rpb(rpb: Optional[Tensor], groups: int, kernel_size: int) -> None:
+    """Clear error for a relative position bias table that is not (G, 2K-1, 2K-1)."""
+    if rpb is not None:
+        expected = [groups, 2 * kernel_size - 1, 2 * kernel_size - 1]
+        if list(rpb.shape) != expected:
+            raise ValueError(f"rpb must have shape {expected}, got {list(rpb.shape)}")
