@@ -12,7 +12,9 @@ from torch import nn
 
 from overlock import optimize_for_inference
 from overlock.layers import ContMix, DilatedRepConv, GRN, ResDWConv, SEModule
-from overlock.layers.fused import FoldedConv, FusedContMix, InPlaceGRN, InPlaceSE, OneDNNConv, onednn_fusion_available
+from overlock.layers.fused import (
+    BatchParts, FoldedConv, FusedContMix, InPlaceGRN, InPlaceSE, OneDNNConv, onednn_fusion_available,
+)
 from overlock.models import PASSES
 from test_one_computation import NAME, randomise
 
@@ -54,7 +56,7 @@ def test_each_pass_on_its_own(plain, passes):
 def test_converted_model_is_made_of_inference_modules(plain, converted):
     kinds = {type(m) for m in converted.modules()}
     assert not kinds & {nn.BatchNorm2d, DilatedRepConv, ResDWConv, GRN, SEModule, ContMix}
-    assert {InPlaceGRN, InPlaceSE, FusedContMix} <= kinds
+    assert {InPlaceGRN, InPlaceSE, FusedContMix, BatchParts} <= kinds
     assert (OneDNNConv if onednn_fusion_available() else FoldedConv) in kinds
     assert not any(p.requires_grad for p in converted.parameters())
     assert "activation=gelu" in repr(converted.patch_embed1)
@@ -78,6 +80,20 @@ def test_onednn_conv_matches_the_plain_one(activation):
     args = (weight, bias, (1, 1), (6, 6), (1, 1), 8, activation)
     x = torch.randn(2, 8, 15, 12).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(OneDNNConv(*args)(x), FoldedConv(*args)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_stem_and_stage1_run_in_parts_of_the_batch(plain):
+    """Uneven parts (2, 2, 1 images) give the same outputs as the whole batch: eval mode is per image."""
+    converted = optimize_for_inference(plain)
+    per_image = plain.embed_dims[0] * 16 * 16 * 4  # stage-1 output of one 64 px image, float32
+    converted.patch_embed1.max_bytes = 2 * per_image
+    x = torch.randn(5, 3, 64, 64)
+    assert converted.patch_embed1.parts(x) == 3 and converted.patch_embed1.parts(x[:1]) == 1
+    calls = []
+    converted.patch_embed1.module.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        assert rel_err(converted(x), plain(x)) <= TOL
+    assert calls == [2, 2, 1]
 
 
 def test_converted_model_refuses_training(converted):

@@ -90,6 +90,34 @@ class ChannelsLast(InferenceModule):
         return x.contiguous(memory_format=torch.channels_last)
 
 
+@register_notrace_module  # the number of parts depends on the input's shape: a leaf for fx
+class BatchParts(InferenceModule):
+    """Runs ``module`` on a few images of the batch at a time and concatenates the results: each part's output
+    stays within ``max_bytes`` (estimated from ``channels`` output channels at ``1 / stride`` of the input's
+    size), so that on the network's largest maps it stays in cache instead of streaming through memory. Every
+    layer of an eval-mode network works on each image alone, so the result is the same."""
+
+    def __init__(self, module: nn.Module, channels: int, stride: int, max_bytes: int):
+        super().__init__()
+        self.module = module
+        self.channels, self.stride, self.max_bytes = channels, stride, max_bytes
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, stride={self.stride}, max_bytes={self.max_bytes}"
+
+    def parts(self, x: Tensor) -> int:
+        """How many parts the batch ``x`` is run in."""
+        height, width = -(-x.shape[-2] // self.stride), -(-x.shape[-1] // self.stride)
+        per_image = self.channels * height * width * x.element_size()
+        return max(1, min(x.shape[0], -(-x.shape[0] * per_image // self.max_bytes)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = self.parts(x)
+        if parts == 1:
+            return self.module(x)
+        return torch.cat([self.module(part) for part in x.tensor_split(parts)])
+
+
 class InPlaceGRN(InferenceModule):
     """GRN computed over its input's own memory (its input is a map nothing else reads), with the spatial
     norm as the square root of a sum of squares."""

@@ -16,7 +16,9 @@ model (``python benchmarks/inference_passes.py``; figures in docs/models.md):
   fresh map nothing else reads), SE's MLP as matrix products on the pooled vector;
 - ``fused_contmix``: ContMix's bias, softmax and weighted sum as one CPU kernel working a cache-sized block at
   a time (float32 CPU models);
-- ``channels_last``: the input batch and every weight in channels-last layout (CPU models).
+- ``channels_last``: the input batch and every weight in channels-last layout (CPU models);
+- ``batch_parts``: the stem and stage 1, on the largest maps of the network, run a few images at a time, each
+  part's stage-1 output within ``STAGE1_BYTES_PER_PART`` (CPU models), so that it stays in cache.
 
 Capabilities are checked here, once, for the device and dtype the model is on; ``passes`` picks a subset.
 """
@@ -31,14 +33,17 @@ from torch import Tensor, nn
 from ..layers import ContMix, DilatedRepConv, GRN, ResDWConv, SEModule
 from ..layers.conv import bn_scale_shift, fuse_conv_bn
 from ..layers.fused import (
-    ChannelsLast, FoldedConv, FusedContMix, InPlaceGRN, InPlaceSE, InferenceModule, OneDNNConv,
+    BatchParts, ChannelsLast, FoldedConv, FusedContMix, InPlaceGRN, InPlaceSE, InferenceModule, OneDNNConv,
     onednn_fusion_available,
 )
 from ..ops.depthwise import padded_for_speed
+from .overlock import OverLoCK, RepConvStage
 
 __all__ = ["PASSES", "optimize_for_inference"]
 
-PASSES = ("fold", "onednn", "pad_kernels", "inplace_norms", "fused_contmix", "channels_last")
+PASSES = ("fold", "onednn", "pad_kernels", "inplace_norms", "fused_contmix", "channels_last", "batch_parts")
+# stage-1 output of one part of the batch in ``batch_parts``: two parts of four images for XT at batch 8, 224 px
+STAGE1_BYTES_PER_PART = 3 << 20
 
 
 def optimize_for_inference(
@@ -83,6 +88,10 @@ def _convert(model: nn.Module, chosen: set[str]) -> None:
     if "channels_last" in chosen and on_cpu and hasattr(model, "patch_embed1"):
         model.patch_embed1 = nn.Sequential(ChannelsLast(), *model.patch_embed1)
         model.to(memory_format=torch.channels_last)
+    if "batch_parts" in chosen and on_cpu and isinstance(model, OverLoCK):
+        stage1 = nn.Sequential(model.patch_embed1, model.blocks1)  # both run in parts; stage 1 moves inside
+        model.patch_embed1 = BatchParts(stage1, model.embed_dims[0], 4, STAGE1_BYTES_PER_PART)
+        model.blocks1 = RepConvStage()
 
 
 def _replacement(

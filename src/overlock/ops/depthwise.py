@@ -7,7 +7,7 @@ The forward pass is PyTorch's convolution; what the op adds is speed on CPUs, wi
 - The weight gradient of a large kernel (13x13 and up) is computed as one grouped correlation: for channel
   ``c``, ``dW[c, a, b] = sum_{n, i, j} x_pad[n, c, i + a, j + b] * dy[n, c, i, j]``, the padded input correlated
   with the output gradient used as an (H x W) kernel, one group per (channel, sample). PyTorch's generic CPU
-  weight gradient takes 2-3x as long for 13x13 to 17x17 kernels (``python benchmarks/depthwise_grad.py``).
+  weight gradient takes longer for 13x13 to 17x17 kernels (``python benchmarks/depthwise_grad.py``).
 
 On other devices the op runs PyTorch's own convolution and gradients. Registered with a fake kernel and an
 autograd formula, so it traces, scripts, compiles and exports as one node.
