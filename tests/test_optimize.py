@@ -140,10 +140,19 @@ def test_traces_and_exports(plain, converted):
         assert rel_err(exported(x), expected) <= TOL
 
 
-@pytest.mark.slow
 def test_compiles_as_one_graph(plain, converted):
     x = torch.randn(1, 3, 64, 80)
     torch._dynamo.reset()
     compiled = torch.compile(converted, fullgraph=True)
     with torch.no_grad():
         assert rel_err(compiled(x), plain(x)) <= TOL
+
+
+def test_autocast_with_the_dtype_independent_passes(plain):
+    """What ``prepare_for_inference`` installs for mixed precision runs under autocast and stays close."""
+    converted = optimize_for_inference(plain, ["fold", "inplace_norms"])
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, expected = converted(x), plain(x)
+    assert ours.dtype == expected.dtype == torch.bfloat16
+    assert rel_err(ours, expected) <= 0.05
