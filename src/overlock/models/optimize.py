@@ -25,6 +25,7 @@ Capabilities are checked here, once, for the device and dtype the model is on; `
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Iterable, Optional
 
 import torch
@@ -71,7 +72,7 @@ def optimize_for_inference(
 def _convert(model: nn.Module, chosen: set[str]) -> None:
     if getattr(model, "aux_head", None) is not None:  # only the training loss uses it
         model.aux_head = None
-    reference = next(model.parameters(), None)
+    reference = next(itertools.chain(model.parameters(), model.buffers()), None)
     on_cpu = reference is None or reference.device.type == "cpu"
     float32 = reference is None or reference.dtype == torch.float32
     conv_class = OneDNNConv if ("onednn" in chosen and on_cpu and float32 and onednn_fusion_available()) else FoldedConv
