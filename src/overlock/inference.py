@@ -27,7 +27,7 @@ from .models import OverLoCK, optimize_for_inference
 from .data import ClassFolderError, FashionMNISTTransform
 from .data.class_folders import class_folders, classes_from_folders
 from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from .train.checkpoint import CheckpointError
+from .train.checkpoint import CheckpointError, read_run_file
 from .train.config import TrainConfig
 from .train.models import build_model
 
@@ -81,11 +81,9 @@ def prepare_for_inference(model: nn.Module, autocast: bool = False) -> nn.Module
 
 def read_run_checkpoint(path: str | Path) -> dict[str, Any] | None:
     """The contents of ``path`` when it is a checkpoint of an ``overlock train`` run (model weights with the
-    run's configuration), else None. Loaded as weights only: no code in the file runs."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+    run's configuration; ``.pth`` or ``.safetensors``), else None. Read as weights only: no code in the file runs,
+    and a file that would run code is refused with a ``CheckpointError`` naming it."""
+    state = read_run_file(path)
     if isinstance(state, dict) and "config" in state and "model" in state:
         return state
     return None

@@ -9,10 +9,12 @@ import timm
 import overlock  # noqa: F401  (registers the models)
 from overlock.analysis import PAPER_FIGURES, count_macs, count_params
 
+from .args import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", default=list(PAPER_FIGURES), help="model names (default: XT, T, S, B)")
-    parser.add_argument("--img-size", type=int, default=224, help="square input size for the MAC count")
+    parser.add_argument("--img-size", type=positive_int, default=224, help="square input size for the MAC count")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

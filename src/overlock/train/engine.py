@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 import overlock  # noqa: F401  (registers the models)
 
@@ -40,6 +39,7 @@ from .distributed import all_reduce_sum, init_distributed, sync_batchnorm
 from .evaluate import evaluate
 from .loss import overlock_loss
 from .models import build_model
+from .progress import Progress
 from .sampler import EpochSampler
 
 _logger = logging.getLogger(__name__)
@@ -214,11 +214,13 @@ def _restore_rng(saved: dict[str, Any]) -> None:
 RESUME_OVERRIDABLE = ("output", "workers", "save_every", "max_steps")
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, overrides: Iterable[str] = RESUME_OVERRIDABLE
+) -> dict[str, Any]:
     """Run (or resume) the training described by ``cfg``; returns the summary written to summary.json.
 
-    When resuming, the run's own configuration is taken from ``cfg.output``/last.pth; only the
-    ``RESUME_OVERRIDABLE`` fields of ``cfg`` apply.
+    When resuming, the run's own configuration is taken from ``cfg.output``/last.pth; of ``cfg`` only ``output``
+    and the ``overrides`` fields apply (those of ``RESUME_OVERRIDABLE``; the command line passes the ones given).
     """
     info = init_distributed()
     out = Path(cfg.output)
@@ -229,7 +231,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             saved = TrainConfig(**state["config"])
         except TypeError as exc:
             raise CheckpointError(f"{out / 'last.pth'} holds a configuration this version cannot read: {exc}") from exc
-        cfg = saved.updated(**{k: getattr(cfg, k) for k in RESUME_OVERRIDABLE})
+        kept = {"output", *overrides} & set(RESUME_OVERRIDABLE)
+        cfg = saved.updated(**{k: getattr(cfg, k) for k in kept})
     elif info.is_main:
         prepare_output(out, resume, overwrite)
     torch.manual_seed(cfg.seed)
@@ -320,8 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        bar = tqdm(total=micro_per_epoch, initial=micro_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not info.is_main, leave=False)
+        bar = Progress(micro_per_epoch, micro_in_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=info.is_main)
         for images, targets, skipped in train_loader:
             if micro_in_epoch >= micro_per_epoch or (cfg.max_steps and step >= cfg.max_steps):
                 break
