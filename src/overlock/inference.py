@@ -43,7 +43,8 @@ class LoadedModel:
     ``classes``: the name of each output, when known (an ``overlock train`` run's class names; ImageNet's
     descriptions for a 1000-class timm model). ``folder_classes``: the class that each output's image folder
     holds (the run's class names; ImageNet's WordNet ids). ``transform``: PIL image to the input tensor.
-    ``mean``/``std``: the normalisation the transform applies, one value per input channel.
+    ``mean``/``std``: the normalisation the transform applies, one value per input channel. ``run``: for a checkpoint
+    of an ``overlock train`` run, what it holds besides the weights (configuration, classes, epoch, accuracy).
     """
 
     model: nn.Module
@@ -53,6 +54,7 @@ class LoadedModel:
     folder_classes: list[str] | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    run: dict[str, Any] | None = None
 
     @property
     def in_chans(self) -> int:
@@ -156,14 +158,15 @@ def _load_run(
         raise CheckpointError(f"{path}: the weights do not fit the run's model: {str(exc).splitlines()[0]}") from exc
     model.eval()
     size = img_size or cfg.img_size
+    info = {key: value for key, value in run.items() if key != "model"}
     if cfg.dataset == "fashion_mnist":
         if crop_pct:
             raise ValueError("--crop-pct does not apply to a Fashion-MNIST run (its images are scaled and padded)")
         return LoadedModel(model, cfg.model, FashionMNISTTransform(size), classes, classes, (FASHION_MNIST_MEAN,),
-                           (FASHION_MNIST_STD,))
+                           (FASHION_MNIST_STD,), info)
     data_cfg = _data_config(model, size, crop_pct)
     return LoadedModel(model, cfg.model, create_transform(**data_cfg), classes, classes, tuple(data_cfg["mean"]),
-                       tuple(data_cfg["std"]))
+                       tuple(data_cfg["std"]), info)
 
 
 def load_image(path: str | Path, transform: Callable[[Image.Image], Tensor]) -> Tensor:

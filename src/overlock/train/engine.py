@@ -33,7 +33,7 @@ from ..data import FashionMNIST, FashionMNISTTransform, ImageFolderDataset, coll
 from ..data.augment import keep_zero_bit_posterize
 from ..data.seeded import SeededDataset, mix_seed
 from ..inference import eval_transform
-from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic
+from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic, save_run_weights
 from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, sync_batchnorm
 from .evaluate import evaluate
@@ -138,7 +138,8 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("last.pth", "best.pth", "ema.pth", "metrics.csv", "steps.csv", "summary.json", "curves.png"):
+    for name in ("last.pth", "best.pth", "ema.pth", "best.safetensors", "ema.safetensors", "metrics.csv", "steps.csv",
+                 "summary.json", "curves.png"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -401,11 +402,11 @@ def train(
                 for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
                     writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
             if improved:
-                save_atomic({"model": model.state_dict(), "epoch": epoch, "top1": best_top1, "classes": classes,
-                             "config": asdict(cfg)}, out / "best.pth")
+                _save_weights(model, {"epoch": epoch, "top1": best_top1, "classes": classes, "config": asdict(cfg)},
+                              out / "best")
             if ema is not None:
-                save_atomic({"model": ema.module.state_dict(), "epoch": epoch, "top1": ema_eval["top1"],
-                             "classes": classes, "config": asdict(cfg)}, out / "ema.pth")
+                _save_weights(ema.module, {"epoch": epoch, "top1": ema_eval["top1"], "classes": classes,
+                                           "config": asdict(cfg)}, out / "ema")
             save_atomic(snapshot(), out / "last.pth")  # last: a kill before this repeats the epoch
 
     summary = {
@@ -420,6 +421,13 @@ def train(
             writer.close()
         plot_curves(out)
     return summary
+
+
+def _save_weights(model: nn.Module, info: dict[str, Any], stem: Path) -> None:
+    """A model's weights with the run's information, as ``stem.pth`` and as ``stem.safetensors`` (no pickle)."""
+    weights = model.state_dict()
+    save_atomic({"model": weights, **info}, stem.with_suffix(".pth"))
+    save_run_weights(weights, info, stem.with_suffix(".safetensors"))
 
 
 def plot_curves(out: Path) -> None:
