@@ -2,9 +2,9 @@
 
 A PyTorch checkpoint is a pickle, and unpickling can call any function the file names. Every checkpoint a user
 or a run hands to overlock is therefore read with ``torch.load(weights_only=True)``: tensors, containers and
-plain Python values only, plus a few plain data types that common training scripts store beside the weights
-(``argparse.Namespace`` as timm's checkpoints hold it, numpy scalars and dtypes). A file that names anything
-else is refused before it is loaded, with the names it asks for. ``.safetensors`` files hold no code at all.
+plain Python values only, and ``argparse.Namespace``, which timm's training checkpoints hold and timm's own
+loader allows. A file that names anything else is refused before it is loaded, with the names it asks for.
+``.safetensors`` files hold no code at all.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,16 +40,11 @@ class UnsafeCheckpointError(ValueError):
     """A checkpoint that would run code, or build objects other than data, when unpickled."""
 
 
-def _plain_data_types() -> list[Any]:
-    """Data types allowed beside the weights-only defaults: they build values and call nothing else."""
-    scalar = getattr(getattr(np, "_core", np.core), "multiarray").scalar
-    numpy_dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-    return [argparse.Namespace, np.dtype, scalar, *numpy_dtypes]
-
-
 @contextmanager
 def _plain_data_allowed() -> Iterator[None]:
-    with torch.serialization.safe_globals(_plain_data_types()):
+    """Weights-only loading that also reads ``argparse.Namespace``, as timm's loader does (its training
+    checkpoints keep their arguments so): a plain record of values, built without calling anything else."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
         yield
 
 
@@ -74,10 +68,10 @@ def unsafe_globals(path: str | os.PathLike) -> list[str]:
 
 
 def _refusal(path: Path, names: list[str]) -> UnsafeCheckpointError:
-    what = f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
+    what = f" {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}" if names else ""
     return UnsafeCheckpointError(
-        f"refusing to load {path}: it holds pickled objects{what} that would run code when loaded; only tensors "
-        f"and plain values are read (a .safetensors file, or torch.save of a state dict, loads)"
+        f"refusing to load {path}: unpickling it would call{what or ' code'} beyond tensors and plain values, which "
+        f"could run any code; only weights are read (a .safetensors file, or torch.save of a state dict, loads)"
     )
 
 

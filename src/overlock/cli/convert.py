@@ -18,10 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from overlock.export import convert_official
+    from overlock.weights_file import check_checkpoint_file
 
     from .export import output_folder
 
-    folder = output_folder(args.out, args.overwrite)  # before the work: a bad folder stops at once
+    check_checkpoint_file(args.checkpoint)  # a bad file stops before the folder is made
+    folder = output_folder(args.out, args.overwrite)
     source = convert_official(args.checkpoint, folder, model_name(args))
     print(f"wrote {folder}/ (config.json, model.safetensors, README.md): {source.architecture} with "
           f"{source.model.num_classes} classes from {args.checkpoint}; load it with "

@@ -21,10 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from overlock.data import write_fashion_mnist_folders
 
-    try:
-        written = write_fashion_mnist_folders(args.out, args.data_dir, args.train_limit, args.test_limit)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"overlock data: {exc}") from exc
+    written = write_fashion_mnist_folders(args.out, args.data_dir, args.train_limit, args.test_limit)
     print(f"wrote {written['train']} training images to {args.out}/train and {written['test']} test images to "
           f"{args.out}/val")
     return 0

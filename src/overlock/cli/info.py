@@ -44,7 +44,8 @@ def describe(name: str, img_size: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     unknown = [m for m in args.models if m not in timm.list_models()]
     if unknown:
-        raise SystemExit(f"unknown model(s): {', '.join(unknown)}; OverLoCK models: {timm.list_models('*overlock*')}")
+        raise ValueError(f"unknown model(s): {', '.join(unknown)}; OverLoCK models: "
+                         f"{', '.join(timm.list_models('*overlock*'))}")
     rows = [describe(m, args.img_size) for m in args.models]
     if args.json:
         print(json.dumps(rows, indent=2))

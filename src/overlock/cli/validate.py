@@ -38,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
     sets = {"val": args.data_dir, **{n: getattr(args, n.replace("-", "_")) for n in ROBUSTNESS_SETS}}
     sets = {k: v for k, v in sets.items() if v}
     if not sets:
-        raise SystemExit("overlock validate: nothing to validate: give --data-dir and/or a robustness set folder")
+        raise ValueError("nothing to validate: give --data-dir and/or a robustness set folder")
     for name, folder in sets.items():
         if not Path(folder).is_dir():
-            raise SystemExit(f"overlock validate: {name}: folder not found: {folder}")
+            raise FileNotFoundError(f"{name}: folder not found: {folder}")
     return _validate(args, sets)
 
 
