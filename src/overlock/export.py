@@ -27,7 +27,6 @@ from .analysis import count_macs, count_params
 from .inference import LoadedModel
 from .layers.fused import InferenceModule
 from .models import MODEL_ARGS, OverLoCK, checkpoint_filter_fn, unwrap_state_dict
-from .models.overlock import CheckpointMismatchError
 from .train.config import TrainConfig
 from .weights_file import read_checkpoint
 
@@ -113,25 +112,29 @@ def _data_config(model: nn.Module, input_size: Sequence[int] | None, mean: Seque
 
 
 def identify_official_checkpoint(checkpoint: Any) -> tuple[str, int]:
-    """The OverLoCK variant (training or ``_reparam`` form) whose keys and shapes a classification checkpoint has,
-    and its number of classes. Raises ``ValueError`` when none fits."""
+    """The OverLoCK variant (training or ``_reparam`` form) that a classification checkpoint's keys describe, and its
+    number of classes: the blocks per stage and the widths pick the variant, the Dilated RepConv branches the form.
+    Raises ``ValueError`` when none fits (the loading then checks every key and shape)."""
     state = unwrap_state_dict(checkpoint) if isinstance(checkpoint, dict) else {}
     if "head.4.weight" not in state:
         raise ValueError("not an OverLoCK classification checkpoint (no main head 'head.4.weight'); dense-backbone "
                          "checkpoints load with timm.create_model(..., features_only=True)")
-    num_classes = state["head.4.weight"].shape[0]
-    for variant in [n for n in MODEL_ARGS if n != "test_overlock"] + ["test_overlock"]:
-        for name in (variant, f"{variant}_reparam"):
-            if name not in timm.list_models():
-                continue
-            candidate = timm.create_model(name, num_classes=num_classes, device="meta")
-            try:
-                checkpoint_filter_fn(state, candidate)
-            except CheckpointMismatchError:
-                continue
-            return name, num_classes
-    raise ValueError("the checkpoint fits none of the OverLoCK variants (overlock_xt/t/s/b, training or _reparam "
-                     "form); give --model")
+
+    def blocks(prefix: str) -> int:
+        return len({key.split(".")[1] for key in state if key.startswith(f"{prefix}.")})
+
+    found = dict(
+        depths=tuple(blocks(f"blocks{i}") for i in range(1, 5)),
+        sub_depths=(blocks("sub_blocks3"), blocks("sub_blocks4")),
+        embed_dims=tuple(state[f"blocks{i}.0.dwconv.weight"].shape[0] if f"blocks{i}.0.dwconv.weight" in state else 0
+                         for i in range(1, 5)),
+    )
+    for variant, args in MODEL_ARGS.items():
+        if all(tuple(args[key]) == value for key, value in found.items()):
+            deploy = not any(".origin_bn." in key for key in state)
+            return (f"{variant}_reparam" if deploy else variant), state["head.4.weight"].shape[0]
+    raise ValueError(f"the checkpoint fits none of the OverLoCK variants (its blocks per stage {found['depths']}, "
+                     f"Focus-Net blocks {found['sub_depths']}, widths {found['embed_dims']}); give --model")
 
 
 def deploy_form(model: nn.Module) -> nn.Module:
@@ -221,7 +224,7 @@ def model_card(source: ModelSource) -> str:
     params = count_params(model) / 1e6
     deployed = deploy_form(model) if isinstance(_overlock(model), OverLoCK) else model
     deploy_params = count_params(deployed) / 1e6
-    gmacs = count_macs(deployed, size) / 1e9
+    macs = count_macs(deployed, size)
     classes = getattr(model, "num_classes", 0)
     lines = [
         "---",
@@ -248,7 +251,7 @@ def model_card(source: ModelSource) -> str:
         f"| architecture | `{source.architecture}`{_architecture_details(model)} |",
         f"| parameters | {params:.2f} M in this folder; {deploy_params:.2f} M for inference (deploy form"
         f"{', without the auxiliary head' if deploy_params != params else ''}) |",
-        f"| MACs | {gmacs:.2f} G at {size[1]}x{size[2]} (`overlock.analysis.count_macs`) |",
+        f"| MACs | {_count_text(macs)} at {size[1]}x{size[2]} (`overlock.analysis.count_macs`) |",
         f"| input | {size[0]}x{size[1]}x{size[2]}, {source.data_config['interpolation']} interpolation, crop "
         f"{source.data_config['crop_pct']}, mean {_numbers(source.data_config['mean'])}, std "
         f"{_numbers(source.data_config['std'])} |",
@@ -300,6 +303,10 @@ def _architecture_details(model: nn.Module) -> str:
     focus = [len(network.sub_blocks3), len(network.sub_blocks4)]
     return (f": Base-Net/Overview-Net depths {depths}, Focus-Net depths {focus}, widths {list(network.embed_dims)}"
             f"{', deploy form' if not any(hasattr(m, 'origin_bn') for m in network.modules()) else ''}")
+
+
+def _count_text(count: int) -> str:
+    return f"{count / 1e9:.2f} G" if count >= 1e9 else f"{count / 1e6:.2f} M"
 
 
 def _numbers(values: Sequence[float]) -> str:
@@ -399,6 +406,8 @@ def convert_official(checkpoint_file: str | Path, folder: str | Path, name: str 
     found, num_classes = identify_official_checkpoint(checkpoint)
     if name is not None and name != found:
         raise ValueError(f"{checkpoint_file} holds {found} weights, not {name}")
+    if found not in timm.list_models():  # test_overlock has no registered deploy variant
+        raise ValueError(f"{checkpoint_file} holds {found} weights, which has no registered model")
     model = timm.create_model(found, num_classes=num_classes)
     model.load_state_dict(checkpoint_filter_fn(checkpoint, model))
     model.eval()
