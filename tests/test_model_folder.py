@@ -139,5 +139,7 @@ def test_convert_errors(tmp_path):
     with pytest.raises(SystemExit, match="not an OverLoCK classification checkpoint"):
         main(["convert", str(tmp_path / "resnet.pth"), str(tmp_path / "a")])
     torch.save(timm.create_model("test_overlock").state_dict(), tmp_path / "tiny.pth")
-    with pytest.raises(SystemExit, match="holds test_overlock weights, not overlock_t"):
+    with pytest.raises(SystemExit, match="checkpoint does not fit the model; missing keys"):
         main(["convert", str(tmp_path / "tiny.pth"), str(tmp_path / "b"), "--model", "overlock_t"])
+    with pytest.raises(SystemExit, match="'resnet18' is not a registered OverLoCK model"):
+        main(["convert", str(tmp_path / "tiny.pth"), str(tmp_path / "c"), "--model", "resnet18"])

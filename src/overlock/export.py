@@ -41,6 +41,7 @@ __all__ = [
     "dense_backbone",
     "export_onnx",
     "export_program",
+    "classifier_weights",
     "identify_official_checkpoint",
     "model_card",
     "source_from_loaded",
@@ -96,11 +97,16 @@ def source_from_loaded(loaded: LoadedModel, weights: str | None) -> ModelSource:
     data = _data_config(model, None, loaded.mean, loaded.std)
     origin = f"checkpoint `{Path(weights).name}`" if weights else "initial (untrained) weights"
     source = ModelSource(model, loaded.name, {}, data, origin)  # load_model builds the name's default model
-    if model.num_classes == 1000 and loaded.folder_classes is not None:  # ImageNet-1k: WordNet ids, descriptions
-        info = ImageNetInfo()
-        source.label_names = list(loaded.folder_classes)
-        source.label_descriptions = {wnid: info.index_to_description(i) for i, wnid in enumerate(source.label_names)}
+    if model.num_classes == 1000 and loaded.folder_classes is not None:
+        source.label_names, source.label_descriptions = _imagenet_labels()
     return source
+
+
+def _imagenet_labels() -> tuple[list[str], dict[str, str]]:
+    """ImageNet-1k's WordNet ids in timm's output order, and their descriptions."""
+    info = ImageNetInfo()
+    names = list(info.label_names())
+    return names, {wnid: info.index_to_description(i) for i, wnid in enumerate(names)}
 
 
 def _data_config(model: nn.Module, input_size: Sequence[int] | None, mean: Sequence[float],
@@ -111,30 +117,35 @@ def _data_config(model: nn.Module, input_size: Sequence[int] | None, mean: Seque
                 crop_mode=data.get("crop_mode", "center"), mean=tuple(mean), std=tuple(std))
 
 
-def identify_official_checkpoint(checkpoint: Any) -> tuple[str, int]:
-    """The OverLoCK variant (training or ``_reparam`` form) that a classification checkpoint's keys describe, and its
-    number of classes: the blocks per stage and the widths pick the variant, the Dilated RepConv branches the form.
-    Raises ``ValueError`` when none fits (the loading then checks every key and shape)."""
+def classifier_weights(checkpoint: Any) -> dict[str, torch.Tensor]:
+    """The weights of an OverLoCK classification checkpoint, whatever its wrapper; ``ValueError`` for another kind."""
     state = unwrap_state_dict(checkpoint) if isinstance(checkpoint, dict) else {}
     if "head.4.weight" not in state:
         raise ValueError("not an OverLoCK classification checkpoint (no main head 'head.4.weight'); dense-backbone "
                          "checkpoints load with timm.create_model(..., features_only=True)")
+    return state
 
+
+def identify_official_checkpoint(state: dict[str, torch.Tensor]) -> str:
+    """The OverLoCK variant (training or ``_reparam`` form) that a classification state dict's keys describe: the
+    blocks per stage and the widths pick the variant, the Dilated RepConv branches the form. ``ValueError`` when
+    none fits (loading then checks every key and shape)."""
     def blocks(prefix: str) -> int:
         return len({key.split(".")[1] for key in state if key.startswith(f"{prefix}.")})
 
-    found = dict(
-        depths=tuple(blocks(f"blocks{i}") for i in range(1, 5)),
-        sub_depths=(blocks("sub_blocks3"), blocks("sub_blocks4")),
-        embed_dims=tuple(state[f"blocks{i}.0.dwconv.weight"].shape[0] if f"blocks{i}.0.dwconv.weight" in state else 0
-                         for i in range(1, 5)),
-    )
+    def width(stage: int) -> int:
+        key = f"blocks{stage}.0.dwconv.weight"
+        return state[key].shape[0] if key in state else 0
+
+    found = dict(depths=tuple(blocks(f"blocks{i}") for i in range(1, 5)),
+                 sub_depths=(blocks("sub_blocks3"), blocks("sub_blocks4")),
+                 embed_dims=tuple(width(i) for i in range(1, 5)))
     for variant, args in MODEL_ARGS.items():
         if all(tuple(args[key]) == value for key, value in found.items()):
             deploy = not any(".origin_bn." in key for key in state)
-            return (f"{variant}_reparam" if deploy else variant), state["head.4.weight"].shape[0]
+            return f"{variant}_reparam" if deploy else variant
     raise ValueError(f"the checkpoint fits none of the OverLoCK variants (its blocks per stage {found['depths']}, "
-                     f"Focus-Net blocks {found['sub_depths']}, widths {found['embed_dims']}); give --model")
+                     f"Focus-Net blocks {found['sub_depths']}, widths {found['embed_dims']}); name it with --model")
 
 
 def deploy_form(model: nn.Module) -> nn.Module:
@@ -323,7 +334,8 @@ def _run_section(source: ModelSource) -> list[str]:
     lines.append(f"| recipe | {cfg.get('epochs')} epochs of batch {cfg.get('batch_size')}, {cfg.get('opt')}, lr "
                  f"{cfg.get('lr') or cfg.get('base_lr')} |")
     if "epoch" in source.run:
-        lines.append(f"| this checkpoint | epoch {source.run['epoch']}, validation top-1 {source.run.get('top1', 0):.2f} % |")
+        top1 = source.run.get("top1", 0)
+        lines.append(f"| this checkpoint | epoch {source.run['epoch']}, validation top-1 {top1:.2f} % |")
     final = (source.summary or {}).get("final") or {}
     if final:
         lines.append(f"| end of the run | {source.summary.get('epochs')} epochs, {source.summary.get('steps')} steps, "
@@ -401,22 +413,20 @@ def compare_program(model: nn.Module, path: str | Path, sizes: Sequence[Sequence
 
 def convert_official(checkpoint_file: str | Path, folder: str | Path, name: str | None = None) -> ModelSource:
     """An official classification checkpoint (any wrapper, training or re-parameterised form) as a model folder
-    (:func:`write_model_folder`). The variant is recognised from the keys and shapes unless ``name`` is given."""
-    checkpoint = read_checkpoint(checkpoint_file)
-    found, num_classes = identify_official_checkpoint(checkpoint)
-    if name is not None and name != found:
-        raise ValueError(f"{checkpoint_file} holds {found} weights, not {name}")
-    if found not in timm.list_models():  # test_overlock has no registered deploy variant
-        raise ValueError(f"{checkpoint_file} holds {found} weights, which has no registered model")
+    (:func:`write_model_folder`). The variant is recognised from the keys unless ``name`` is given; every key and
+    shape is then checked as the weights load."""
+    state = classifier_weights(read_checkpoint(checkpoint_file))
+    found = name or identify_official_checkpoint(state)
+    if found not in timm.list_models("*overlock*"):
+        raise ValueError(f"{found!r} is not a registered OverLoCK model ({', '.join(timm.list_models('*overlock*'))})")
+    num_classes = state["head.4.weight"].shape[0]
     model = timm.create_model(found, num_classes=num_classes)
-    model.load_state_dict(checkpoint_filter_fn(checkpoint, model))
+    model.load_state_dict(checkpoint_filter_fn(state, model))  # every key and shape checked
     model.eval()
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     source = ModelSource(model, found, {} if num_classes == 1000 else {"num_classes": num_classes},
                          _data_config(model, None, mean, std), f"official checkpoint `{Path(checkpoint_file).name}`")
     if num_classes == 1000:
-        info = ImageNetInfo()
-        source.label_names = list(info.label_names())
-        source.label_descriptions = {wnid: info.index_to_description(i) for i, wnid in enumerate(source.label_names)}
+        source.label_names, source.label_descriptions = _imagenet_labels()
     write_model_folder(source, folder)
     return source

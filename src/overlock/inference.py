@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import timm
-import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import Tensor, nn

@@ -142,7 +142,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         raise
 
 
-def write_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
     """``tensors`` (made contiguous, on the CPU) as a ``.safetensors`` file, written atomically."""
     from safetensors.torch import save
 

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(model_name(args), args.weights)
     image = load_image(args.image, loaded.transform)
     if args.target is not None and args.target >= loaded.num_classes:
-        raise ValueError(f"--target {args.target}: the model has {loaded.num_classes} classes (0-{loaded.num_classes - 1})")
+        raise ValueError(f"--target {args.target}: the model has {loaded.num_classes} classes "
+                         f"(0-{loaded.num_classes - 1})")
     model = loaded.model
     cam, target = grad_cam(model.forward_features, model.forward_head, image, args.target)
     mean, std = (image.new_tensor(v).view(-1, 1, 1) for v in (loaded.mean, loaded.std))

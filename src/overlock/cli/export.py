@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timm: model folder for timm and the Hugging Face Hub; onnx: ONNX file; pt2: "
                              "torch.export program")
     parser.add_argument("--features-only", action="store_true",
-                        help="onnx/pt2: the dense backbone (four-level pyramid, strides 4-32) instead of the classifier")
+                        help="onnx/pt2: the dense backbone (four-level pyramid, strides 4-32) instead of the "
+                             "classifier")
     parser.add_argument("--img-size", type=positive_int, help="input size of the model card's MACs and of the "
                                                               "export's example and checks (default: the model's)")
     parser.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (18 or newer)")

@@ -75,7 +75,9 @@ class TrainConfig:
 AMP_CHOICES = ("none", "bf16", "fp16")
 
 
-def _number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True) -> Callable[[Any], bool]:
+def _number(
+    low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True
+) -> Callable[[Any], bool]:
     """A test for a real number from ``low`` (included unless ``low_open``) to ``high`` (excluded unless not
     ``high_open``); NaN and infinity fail it."""
     def test(value: Any) -> bool:

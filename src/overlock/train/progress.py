@@ -66,4 +66,5 @@ class Progress:
     def _log_line(self) -> None:
         self.last_line = self.clock()
         figures = f", {self.postfix}" if self.postfix else ""
-        _logger.info("%s: %d/%d batches%s, %.0f s", self.desc, self.done, self.total, figures, self.last_line - self.start)
+        elapsed = self.last_line - self.start
+        _logger.info("%s: %d/%d batches%s, %.0f s", self.desc, self.done, self.total, figures, elapsed)
