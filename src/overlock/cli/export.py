@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from .args import add_model_option, model_name, positive_int
@@ -44,10 +45,23 @@ def output_folder(path: str, overwrite: bool) -> Path:
     return folder
 
 
+def _require_onnx() -> None:
+    """A one-line error, before any work, where the optional ONNX packages are missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"--format onnx needs onnx and onnxscript: pip install 'overlock[export]' ({exc})") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     from overlock import export
     from overlock.inference import load_model
 
+    if args.format == "onnx":
+        _require_onnx()
+        for noisy in ("onnx_ir", "onnxscript"):  # their optimisation passes log every step at INFO
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.features_only and args.format == "timm":
         raise ValueError("--features-only applies to --format onnx and pt2 (a timm folder holds the classifier; "
                          "timm.create_model(..., features_only=True) builds its backbone)")
