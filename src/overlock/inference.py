@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import timm
-import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import Tensor, nn
@@ -27,7 +26,7 @@ from .models import OverLoCK, optimize_for_inference
 from .data import ClassFolderError, FashionMNISTTransform
 from .data.class_folders import class_folders, classes_from_folders
 from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from .train.checkpoint import CheckpointError
+from .train.checkpoint import CheckpointError, read_run_file
 from .train.config import TrainConfig
 from .train.models import build_model
 
@@ -43,7 +42,8 @@ class LoadedModel:
     ``classes``: the name of each output, when known (an ``overlock train`` run's class names; ImageNet's
     descriptions for a 1000-class timm model). ``folder_classes``: the class that each output's image folder
     holds (the run's class names; ImageNet's WordNet ids). ``transform``: PIL image to the input tensor.
-    ``mean``/``std``: the normalisation the transform applies, one value per input channel.
+    ``mean``/``std``: the normalisation the transform applies, one value per input channel. ``run``: for a checkpoint
+    of an ``overlock train`` run, what it holds besides the weights (configuration, classes, epoch, accuracy).
     """
 
     model: nn.Module
@@ -53,6 +53,7 @@ class LoadedModel:
     folder_classes: list[str] | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    run: dict[str, Any] | None = None
 
     @property
     def in_chans(self) -> int:
@@ -81,11 +82,9 @@ def prepare_for_inference(model: nn.Module, autocast: bool = False) -> nn.Module
 
 def read_run_checkpoint(path: str | Path) -> dict[str, Any] | None:
     """The contents of ``path`` when it is a checkpoint of an ``overlock train`` run (model weights with the
-    run's configuration), else None. Loaded as weights only: no code in the file runs."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+    run's configuration; ``.pth`` or ``.safetensors``), else None. Read as weights only: no code in the file runs,
+    and a file that would run code is refused with a ``CheckpointError`` naming it."""
+    state = read_run_file(path)
     if isinstance(state, dict) and "config" in state and "model" in state:
         return state
     return None
@@ -158,14 +157,15 @@ def _load_run(
         raise CheckpointError(f"{path}: the weights do not fit the run's model: {str(exc).splitlines()[0]}") from exc
     model.eval()
     size = img_size or cfg.img_size
+    info = {key: value for key, value in run.items() if key != "model"}
     if cfg.dataset == "fashion_mnist":
         if crop_pct:
             raise ValueError("--crop-pct does not apply to a Fashion-MNIST run (its images are scaled and padded)")
         return LoadedModel(model, cfg.model, FashionMNISTTransform(size), classes, classes, (FASHION_MNIST_MEAN,),
-                           (FASHION_MNIST_STD,))
+                           (FASHION_MNIST_STD,), info)
     data_cfg = _data_config(model, size, crop_pct)
     return LoadedModel(model, cfg.model, create_transform(**data_cfg), classes, classes, tuple(data_cfg["mean"]),
-                       tuple(data_cfg["std"]))
+                       tuple(data_cfg["std"]), info)
 
 
 def load_image(path: str | Path, transform: Callable[[Image.Image], Tensor]) -> Tensor:

@@ -7,6 +7,8 @@ from dataclasses import asdict
 
 from overlock.benchmark import BenchConfig, benchmark, format_table, plot_speed_accuracy
 
+from .args import non_negative_int, positive_int
+
 DEFAULT_MODELS = ["overlock_xt", "convnext_nano", "overlock_t", "convnext_tiny"]
 
 
@@ -16,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="timm model names (OverLoCK models converted by optimize_for_inference for inference), plain:<name> "
              "for an OverLoCK model as it is, official:<name> with --official-repo (the first one is the ratio base)",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--img-size", type=positive_int, default=224)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
     parser.add_argument(
@@ -26,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile each model")
     parser.add_argument("--mode", choices=["infer", "train"], default="infer", help="inference or a training step")
-    parser.add_argument("--iters", type=int, default=6, help="timed iterations (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--iters", type=positive_int, default=6, help="timed iterations (median reported)")
+    parser.add_argument("--warmup", type=non_negative_int, default=2)
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     parser.add_argument("--official-repo", metavar="DIR", help="your clone of LMMMEng/OverLoCK, for official:<name>")
     parser.add_argument(
         "--official-av", choices=["natten", "unfold", "overlock"], default="unfold",

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from .args import add_model_option, model_name, non_negative_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="timm model name, e.g. overlock_t (optional with a run checkpoint)")
+    add_model_option(parser, positional=True)
     parser.add_argument("image", help="image file")
-    parser.add_argument("--weights", help="checkpoint file: official weights or an overlock run's best.pth")
-    parser.add_argument("--target", type=int, help="class index to explain (default: the top prediction)")
+    parser.add_argument("--weights", help="checkpoint file: official weights, or an overlock run's best.pth or "
+                                          "best.safetensors")
+    parser.add_argument("--target", type=non_negative_int, help="class index to explain (default: the top prediction)")
     parser.add_argument("--out", default="cam.png", help="output PNG")
 
 
@@ -19,14 +22,13 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from overlock.inference import load_image, load_model
-    from overlock.train.checkpoint import CheckpointError
     from overlock.visualize import grad_cam
 
-    try:
-        loaded = load_model(args.model, args.weights)
-        image = load_image(args.image, loaded.transform)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"overlock cam: {exc}") from exc
+    loaded = load_model(model_name(args), args.weights)
+    image = load_image(args.image, loaded.transform)
+    if args.target is not None and args.target >= loaded.num_classes:
+        raise ValueError(f"--target {args.target}: the model has {loaded.num_classes} classes "
+                         f"(0-{loaded.num_classes - 1})")
     model = loaded.model
     cam, target = grad_cam(model.forward_features, model.forward_head, image, args.target)
     mean, std = (image.new_tensor(v).view(-1, 1, 1) for v in (loaded.mean, loaded.std))

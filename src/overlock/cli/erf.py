@@ -4,16 +4,19 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .args import add_model_option, model_name, positive_int
+
 _logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="timm model name, e.g. overlock_t (optional with a run checkpoint)")
-    parser.add_argument("--weights", help="checkpoint file: official weights or an overlock run's best.pth")
+    add_model_option(parser, positional=True)
+    parser.add_argument("--weights", help="checkpoint file: official weights, or an overlock run's best.pth or "
+                                          "best.safetensors")
     parser.add_argument("--images", nargs="+", help="image files (default: random noise images)")
-    parser.add_argument("--num-random", type=int, default=8, help="noise images when --images is not given")
-    parser.add_argument("--level", type=int, default=3, help="pyramid level 0-3 (strides 4-32)")
-    parser.add_argument("--img-size", type=int, default=1024, help="input size (the paper uses 1024)")
+    parser.add_argument("--num-random", type=positive_int, default=8, help="noise images when --images is not given")
+    parser.add_argument("--level", type=int, choices=range(4), default=3, help="pyramid level 0-3 (strides 4-32)")
+    parser.add_argument("--img-size", type=positive_int, default=1024, help="input size (the paper uses 1024)")
     parser.add_argument("--out", default="erf.png", help="output PNG")
 
 
@@ -35,19 +38,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from overlock.inference import load_image, load_model
-    from overlock.train.checkpoint import CheckpointError
     from overlock.visualize import effective_receptive_field, erf_high_contribution_area, level_features
 
-    try:
-        # whole images at the chosen size (crop 1.0): the ERF is measured at the centre of the input
-        loaded = load_model(args.model, args.weights, img_size=args.img_size, crop_pct=1.0)
-        if args.images:
-            images = torch.stack([load_image(path, loaded.transform) for path in args.images])
-        else:
-            _logger.info("no --images given: using %d noise images", args.num_random)
-            images = torch.randn(args.num_random, loaded.in_chans, args.img_size, args.img_size)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"overlock erf: {exc}") from exc
+    # whole images at the chosen size (crop 1.0): the ERF is measured at the centre of the input
+    loaded = load_model(model_name(args), args.weights, img_size=args.img_size, crop_pct=1.0)
+    if args.images:
+        images = torch.stack([load_image(path, loaded.transform) for path in args.images])
+    else:
+        _logger.info("no --images given: using %d noise images", args.num_random)
+        images = torch.randn(args.num_random, loaded.in_chans, args.img_size, args.img_size)
     erf = effective_receptive_field(level_features(loaded.model, args.level), images)
     shown = torch.log1p(erf / erf.max() * 100)
     save_heatmap(shown / shown.max(), args.out, f"{loaded.name} ERF, level {args.level}")

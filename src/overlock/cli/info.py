@@ -9,10 +9,12 @@ import timm
 import overlock  # noqa: F401  (registers the models)
 from overlock.analysis import PAPER_FIGURES, count_macs, count_params
 
+from .args import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", default=list(PAPER_FIGURES), help="model names (default: XT, T, S, B)")
-    parser.add_argument("--img-size", type=int, default=224, help="square input size for the MAC count")
+    parser.add_argument("--img-size", type=positive_int, default=224, help="square input size for the MAC count")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -42,7 +44,8 @@ def describe(name: str, img_size: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     unknown = [m for m in args.models if m not in timm.list_models()]
     if unknown:
-        raise SystemExit(f"unknown model(s): {', '.join(unknown)}; OverLoCK models: {timm.list_models('*overlock*')}")
+        raise ValueError(f"unknown model(s): {', '.join(unknown)}; OverLoCK models: "
+                         f"{', '.join(timm.list_models('*overlock*'))}")
     rows = [describe(m, args.img_size) for m in args.models]
     if args.json:
         print(json.dumps(rows, indent=2))

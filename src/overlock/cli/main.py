@@ -1,13 +1,16 @@
 """The ``overlock`` command: a thin dispatcher that imports a subcommand only when it runs.
 
-Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``.
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. A user error (a bad file,
+folder, model name or number) ends the command with one line naming the problem and exit status 1, never a
+traceback: the commands raise the exceptions of :func:`is_user_error` and the dispatcher words them.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
+
+from .args import OneLineParser
 
 COMMANDS: dict[str, str] = {
     "info": "parameters, FLOPs and configuration of a model",
@@ -18,7 +21,11 @@ COMMANDS: dict[str, str] = {
     "erf": "effective receptive field of a model, as a heat map",
     "cam": "Grad-CAM class-activation map of a prediction",
     "data": "write a dataset as image-folder trees (Fashion-MNIST as PNGs)",
+    "export": "write a model as a timm/Hugging Face folder, an ONNX file or a torch.export program",
+    "convert": "turn an official OverLoCK checkpoint into a timm/Hugging Face model folder",
 }
+
+_logger = logging.getLogger(__name__)
 
 
 def _usage() -> str:
@@ -38,11 +45,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overlock: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"overlock.cli.{name}")
-    parser = argparse.ArgumentParser(prog=f"overlock {name}", description=COMMANDS[name])
+    parser = OneLineParser(prog=f"overlock {name}", description=COMMANDS[name])
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; anything else keeps its traceback
+        if not is_user_error(exc):
+            raise
+        _logger.debug("overlock %s failed", name, exc_info=True)
+        raise SystemExit(f"overlock {name}: {one_line(exc)}") from None
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` reports bad input (files, folders, names, numbers) rather than a fault of the program:
+    missing or unreadable files and folders, invalid values (``ValueError``, which covers corrupt, unsafe and
+    mismatched checkpoints and unknown class folders), checkpoints of another run, and a diverging loss."""
+    if isinstance(exc, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+                        ValueError)):
+        return True
+    from overlock.train.checkpoint import CheckpointError  # the light module: not the training engine
+
+    engine = sys.modules.get("overlock.train.engine")
+    diverged = engine is not None and isinstance(exc, engine.NonFiniteLossError)
+    return isinstance(exc, CheckpointError) or diverged
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (multi-line messages, such as the key lists of a checkpoint that does
+    not fit, joined with '; ')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -87,19 +87,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overlock.train import CheckpointError, NonFiniteLossError
     from overlock.train.engine import RESUME_OVERRIDABLE, train
 
     cfg = config_from_args(args)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = [k for k in vars(args) if k in fields]  # options left out are absent (argparse.SUPPRESS)
     if args.resume:
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        ignored = sorted(k for k in vars(args) if k in fields and k not in RESUME_OVERRIDABLE)
+        ignored = sorted(k for k in given if k not in RESUME_OVERRIDABLE)
         if ignored:
             print(f"--resume continues the run with its own settings; ignoring: {', '.join(ignored)}")
-    try:
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (CheckpointError, NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"overlock train: {exc}") from exc  # bad input or a broken run: the message, no traceback
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite,
+                    overrides=[k for k in given if k in RESUME_OVERRIDABLE])
     final = summary["final"]
     if final:
         print(

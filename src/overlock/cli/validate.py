@@ -12,40 +12,37 @@ from pathlib import Path
 
 from overlock.inference import ROBUSTNESS_SETS
 
+from .args import add_model_option, model_name, non_negative_int, positive_int, unit_fraction
+
 _AMP = ("none", "bf16", "fp16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="timm model name (optional with a run checkpoint)")
-    parser.add_argument("--weights", help="checkpoint file: official weights or an overlock run's best.pth")
+    add_model_option(parser, positional=True)
+    parser.add_argument("--weights", help="checkpoint file: official weights, or an overlock run's best.pth or "
+                                          "best.safetensors")
     parser.add_argument("--data-dir", help="folder of class folders (e.g. ImageNet val)")
     for name in ROBUSTNESS_SETS:
         parser.add_argument(f"--{name}", metavar="DIR", help=f"{name} folder tree")
     parser.add_argument("--skip-unknown-classes", action="store_true",
                         help="leave out (with a warning) class folders that match none of the model's classes, "
                              "instead of stopping")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
-    parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: the model's)")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--workers", type=non_negative_int, default=4)
+    parser.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
+    parser.add_argument("--crop-pct", type=unit_fraction, help="centre-crop fraction (default: the model's)")
     parser.add_argument("--amp", choices=_AMP, default="none")
 
 
 def run(args: argparse.Namespace) -> int:
-    from overlock.data import ClassFolderError
-    from overlock.train.checkpoint import CheckpointError
-
     sets = {"val": args.data_dir, **{n: getattr(args, n.replace("-", "_")) for n in ROBUSTNESS_SETS}}
     sets = {k: v for k, v in sets.items() if v}
     if not sets:
-        raise SystemExit("overlock validate: nothing to validate: give --data-dir and/or a robustness set folder")
+        raise ValueError("nothing to validate: give --data-dir and/or a robustness set folder")
     for name, folder in sets.items():
         if not Path(folder).is_dir():
-            raise SystemExit(f"overlock validate: {name}: folder not found: {folder}")
-    try:
-        return _validate(args, sets)
-    except (ClassFolderError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"overlock validate: {exc}") from exc
+            raise FileNotFoundError(f"{name}: folder not found: {folder}")
+    return _validate(args, sets)
 
 
 def _validate(args: argparse.Namespace, sets: dict[str, str]) -> int:
@@ -57,7 +54,8 @@ def _validate(args: argparse.Namespace, sets: dict[str, str]) -> int:
     from overlock.train.distributed import init_distributed
     from overlock.train.evaluate import evaluate
 
-    loaded = load_model(args.model, args.weights, args.img_size, args.crop_pct)
+    name = model_name(args)
+    loaded = load_model(name, args.weights, args.img_size, args.crop_pct)
     info = init_distributed()
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     model = prepare_for_inference(loaded.model.to(info.device), autocast=amp is not None)
@@ -75,5 +73,5 @@ def _validate(args: argparse.Namespace, sets: dict[str, str]) -> int:
     print(f"\n{'set':<18} {'top-1':>7} {'top-5':>7} {'loss':>8} {'images':>8}")
     for name, r in rows:
         print(f"{name:<18} {r['top1']:>7.2f} {r['top5']:>7.2f} {r['loss']:>8.4f} {r['images']:>8}")
-    print(f"model: {loaded.name}{' (run checkpoint)' if args.model is None else ''}; preprocessing: {loaded.transform}")
+    print(f"model: {loaded.name}{' (run checkpoint)' if name is None else ''}; preprocessing: {loaded.transform}")
     return 0

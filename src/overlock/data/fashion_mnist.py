@@ -54,7 +54,8 @@ class FashionMNIST(Dataset):
         if missing:
             raise FileNotFoundError(
                 f"Fashion-MNIST not found ({', '.join(missing)}): install it with "
-                "`sudo apt-get install dataset-fashion-mnist` or point --data-dir at a folder of its IDX files"
+                "`apt-get install dataset-fashion-mnist` (as root, or with sudo) or point --data-dir at a folder of "
+                "its IDX files"
             )
         self.images = read_idx(paths[0]).unsqueeze(1)
         self.targets = read_idx(paths[1]).long()

@@ -31,6 +31,9 @@ torch.fx.wrap("contmix_apply")  # shape-dependent: leaf functions for torch.fx w
 def resize_for_kernel(x: Tensor, kernel_size: int) -> Tensor:
     """``x`` resized up (bilinear, no corner alignment) when a side is smaller than the kernel, as the official
     code does: the shorter side becomes the kernel size and the other keeps the aspect ratio, truncated."""
+    if not torch.jit.is_scripting():
+        if has_symbolic_size(x):
+            return _resize_for_kernel_symbolic(x, kernel_size)
     height, width = x.shape[-2], x.shape[-1]
     if min(height, width) >= kernel_size:
         return x
@@ -44,9 +47,41 @@ def resize_for_kernel(x: Tensor, kernel_size: int) -> Tensor:
 @register_notrace_function
 def pool_to_size_of(x: Tensor, reference: Tensor) -> Tensor:
     """``x`` average-pooled back to the spatial size of ``reference`` (a no-op when it has it)."""
+    if not torch.jit.is_scripting():
+        if has_symbolic_size(reference):
+            return F.adaptive_avg_pool2d(x, reference.shape[-2:])  # an exact copy where the sizes are equal
     if x.shape[-2:] == reference.shape[-2:]:
         return x
     return F.adaptive_avg_pool2d(x, reference.shape[-2:])
+
+
+@torch.jit.unused
+def has_symbolic_size(x: Tensor) -> bool:
+    """Whether the spatial size of ``x`` is symbolic: traced by ``torch.export`` (or compiled) for every image
+    size at once, so that a branch on the size cannot be taken in Python."""
+    return isinstance(x.shape[-2], torch.SymInt) or isinstance(x.shape[-1], torch.SymInt)
+
+
+def resized_size(height: Any, width: Any, kernel_size: int) -> tuple[Any, Any]:
+    """The size :func:`resize_for_kernel` gives an ``height`` x ``width`` map, without a branch, so that it also
+    holds for symbolic sizes (``torch.SymInt``): ``s = max(1, K / short side)``; the long side becomes
+    ``int(s * long)`` (the official ``int(K / short * long)``, or the side itself when ``s`` is 1) and the short side
+    ``max(short, K)``. Taking ``max(int(s * side), side, K)`` for both sides gives exactly that: the short side's
+    ``int(K / short * short)`` is K or just below it, and the long side's is at least K and at least the side.
+    (An official square map of side ``n < K`` where float rounding makes ``int(K / n * n)`` K - 1, which the
+    kernel then does not fit, gets K here; it happens for no kernel size of the OverLoCK variants.)"""
+    scale = torch.sym_max(1.0, kernel_size / torch.sym_min(height, width))
+    new_height = torch.sym_max(torch.sym_int(scale * height), torch.sym_max(height, kernel_size))
+    new_width = torch.sym_max(torch.sym_int(scale * width), torch.sym_max(width, kernel_size))
+    return new_height, new_width
+
+
+@torch.jit.unused
+def _resize_for_kernel_symbolic(x: Tensor, kernel_size: int) -> Tensor:
+    """:func:`resize_for_kernel` for every size at once: always an interpolation, to :func:`resized_size`, which
+    copies the map exactly where no side is smaller than the kernel (bilinear at scale 1)."""
+    size = resized_size(x.shape[-2], x.shape[-1], kernel_size)
+    return F.interpolate(x, size=list(size), mode="bilinear", align_corners=False)
 
 
 torch.fx.wrap("resize_for_kernel")

@@ -10,8 +10,6 @@ follow the official implementation, so that its checkpoints load as they are.
 """
 
 import logging
-import os
-import zipfile
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -25,6 +23,7 @@ from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
 from ..layers import ContextDownsample, DynamicConvBlock, LayerNorm2d, LayerScale, RepConvBlock, conv_bn, stem
+from ..weights_file import check_checkpoint_file
 
 __all__ = ["OverLoCK", "CheckpointMismatchError", "checkpoint_filter_fn"]
 
@@ -576,18 +575,11 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: OverLoCK) -> dict[st
 
 # ---------------------------------------------------------------------- builders and pretrained configs
 def _check_pretrained_file(kwargs: dict[str, Any]) -> None:
-    """Clear errors for a missing or unreadable ``pretrained_cfg_overlay['file']`` before timm loads it."""
+    """Clear errors for a missing, unreadable or unsafe ``pretrained_cfg_overlay['file']`` before timm loads it
+    (timm then reads it as weights only)."""
     path = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
-    if not path:
-        return
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if str(path).endswith(".safetensors"):
-        return
-    with open(path, "rb") as f:
-        legacy = f.read(2) == b"\x80\x02"  # pre-1.6 torch.save pickle
-    if not legacy and not zipfile.is_zipfile(path):
-        raise ValueError(f"cannot read checkpoint file {path}: not a PyTorch checkpoint (truncated or corrupt?)")
+    if path:
+        check_checkpoint_file(path)
 
 
 def _create_overlock(variant: str, pretrained: bool = False, **kwargs: Any) -> OverLoCK:

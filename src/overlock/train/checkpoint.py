@@ -1,47 +1,66 @@
-"""Checkpoints written atomically, and read back with clear errors."""
+"""Checkpoints written atomically, and read back without running code, with clear errors."""
 from __future__ import annotations
 
-import os
-import tempfile
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..weights_file import SAFETENSORS_SUFFIX, read_checkpoint, read_safetensors, write_atomic, write_safetensors
+
 
 class CheckpointError(RuntimeError):
-    """A training checkpoint that cannot be used: unreadable, incomplete, or from another run."""
+    """A training checkpoint that cannot be used: unreadable, unsafe, incomplete, or from another run."""
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """Write ``obj`` with ``torch.save`` so that ``path`` is either the old or the complete new file,
     even if the process is killed midway (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config")
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by ``overlock train`` (to resume), checked for completeness."""
+    """A checkpoint written by ``overlock train`` (to resume), read as weights only and checked for completeness."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint to resume from at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?): {exc}") from exc
+        state = read_checkpoint(path)
+    except ValueError as exc:  # not a checkpoint, corrupt, truncated, or holding code
+        raise CheckpointError(str(exc)) from exc
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not an overlock training checkpoint (missing {', '.join(missing)})")
     return state
+
+
+RUN_METADATA_KEY = "overlock_run"  # safetensors metadata: the run's configuration, classes and figures as JSON
+
+
+def save_run_weights(weights: dict[str, torch.Tensor], info: dict[str, Any], path: str | Path) -> None:
+    """A run's weights as ``.safetensors`` (no pickle), atomically, with ``info`` (the run's configuration, class
+    names, epoch and accuracy) as JSON in the file's metadata, so that the file alone rebuilds the run's model."""
+    write_safetensors(weights, path, {"format": "pt", RUN_METADATA_KEY: json.dumps(info)})
+
+
+def read_run_file(path: str | Path) -> Any:
+    """A weights file as ``overlock train`` writes it: a ``.pth`` (whatever it holds, read as weights only) or a
+    ``.safetensors`` file, returned as ``{"model": weights, **info}`` when its metadata holds a run's info, else
+    as the bare weights. Raises ``CheckpointError`` naming the file when it cannot be read or would run code."""
+    try:
+        if Path(path).suffix != SAFETENSORS_SUFFIX:
+            return read_checkpoint(path)
+        weights, metadata = read_safetensors(path)
+    except ValueError as exc:  # not a checkpoint, corrupt, truncated, or holding code
+        raise CheckpointError(str(exc)) from exc
+    if RUN_METADATA_KEY not in metadata:
+        return weights
+    try:
+        info = json.loads(metadata[RUN_METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the run information in its metadata is not valid JSON: {exc}") from exc
+    return {**info, "model": weights}

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -48,6 +49,17 @@ class TrainConfig:
     save_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     max_steps: int = 0  # stop after N optimizer steps in all (0: no limit)
 
+    def __post_init__(self) -> None:
+        for name, (valid, wanted) in _VALID.items():
+            value = getattr(self, name)
+            if value is not None and not valid(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be {wanted}, got {value!r}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        if self.grad_checkpointing and (len(self.grad_checkpointing) != 4 or min(self.grad_checkpointing) < 0):
+            raise ValueError(f"--grad-checkpointing takes four block counts of 0 or more, got "
+                             f"{self.grad_checkpointing}")
+
     @property
     def in_chans(self) -> int:
         """Input channels of the run's model: 1 for Fashion-MNIST's greyscale images, else 3."""
@@ -59,6 +71,54 @@ class TrainConfig:
             raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
 
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+
+
+def _number(
+    low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True
+) -> Callable[[Any], bool]:
+    """A test for a real number from ``low`` (included unless ``low_open``) to ``high`` (excluded unless not
+    ``high_open``); NaN and infinity fail it."""
+    def test(value: Any) -> bool:
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            return False
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        return above and below
+
+    return test
+
+
+def _whole(low: int) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, int) and value >= low
+
+
+# option -> (test, what it must be); None always passes (the option is unset)
+_VALID: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_classes": (_whole(1), "a positive integer"),
+    "img_size": (_whole(1), "a positive integer"),
+    "epochs": (_whole(1), "a positive integer"),
+    "batch_size": (_whole(1), "a positive integer"),
+    "accum_steps": (_whole(1), "a positive integer"),
+    "workers": (_whole(0), "an integer of 0 or more"),
+    "save_every": (_whole(0), "an integer of 0 or more (0: at epoch ends only)"),
+    "max_steps": (_whole(0), "an integer of 0 or more (0: no limit)"),
+    "lr": (_number(0, low_open=True), "a positive number"),
+    "base_lr": (_number(0, low_open=True), "a positive number"),
+    "clip_grad": (_number(0, low_open=True), "a positive number (or none)"),
+    "min_lr": (_number(0), "0 or more"),
+    "warmup_lr": (_number(0), "0 or more"),
+    "warmup_epochs": (_number(0), "0 or more"),
+    "weight_decay": (_number(0), "0 or more"),
+    "aux_weight": (_number(0), "0 or more"),
+    "mixup": (_number(0), "0 or more"),
+    "cutmix": (_number(0), "0 or more"),
+    "drop_path": (_number(0, 1), "in [0, 1)"),
+    "ema_decay": (_number(0, 1), "in [0, 1) (0 disables the EMA)"),
+    "label_smoothing": (_number(0, 1), "in [0, 1)"),
+    "reprob": (_number(0, 1, high_open=False), "in [0, 1]"),
+}
 
 _PAPER = dict(
     epochs=300, batch_size=128, base_lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=5, weight_decay=0.05,

@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 import overlock  # noqa: F401  (registers the models)
 
@@ -34,12 +33,13 @@ from ..data import FashionMNIST, FashionMNISTTransform, ImageFolderDataset, coll
 from ..data.augment import keep_zero_bit_posterize
 from ..data.seeded import SeededDataset, mix_seed
 from ..inference import eval_transform
-from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic
+from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic, save_run_weights
 from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, sync_batchnorm
 from .evaluate import evaluate
 from .loss import overlock_loss
 from .models import build_model
+from .progress import Progress
 from .sampler import EpochSampler
 
 _logger = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("last.pth", "best.pth", "ema.pth", "metrics.csv", "steps.csv", "summary.json", "curves.png"):
+    for name in ("last.pth", "best.pth", "ema.pth", "best.safetensors", "ema.safetensors", "metrics.csv", "steps.csv",
+                 "summary.json", "curves.png"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -214,11 +215,13 @@ def _restore_rng(saved: dict[str, Any]) -> None:
 RESUME_OVERRIDABLE = ("output", "workers", "save_every", "max_steps")
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, overrides: Iterable[str] = RESUME_OVERRIDABLE
+) -> dict[str, Any]:
     """Run (or resume) the training described by ``cfg``; returns the summary written to summary.json.
 
-    When resuming, the run's own configuration is taken from ``cfg.output``/last.pth; only the
-    ``RESUME_OVERRIDABLE`` fields of ``cfg`` apply.
+    When resuming, the run's own configuration is taken from ``cfg.output``/last.pth; of ``cfg`` only ``output``
+    and the ``overrides`` fields apply (those of ``RESUME_OVERRIDABLE``; the command line passes the ones given).
     """
     info = init_distributed()
     out = Path(cfg.output)
@@ -229,7 +232,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             saved = TrainConfig(**state["config"])
         except TypeError as exc:
             raise CheckpointError(f"{out / 'last.pth'} holds a configuration this version cannot read: {exc}") from exc
-        cfg = saved.updated(**{k: getattr(cfg, k) for k in RESUME_OVERRIDABLE})
+        kept = {"output", *overrides} & set(RESUME_OVERRIDABLE)
+        cfg = saved.updated(**{k: getattr(cfg, k) for k in kept})
     elif info.is_main:
         prepare_output(out, resume, overwrite)
     torch.manual_seed(cfg.seed)
@@ -320,8 +324,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        bar = tqdm(total=micro_per_epoch, initial=micro_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not info.is_main, leave=False)
+        bar = Progress(micro_per_epoch, micro_in_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=info.is_main)
         for images, targets, skipped in train_loader:
             if micro_in_epoch >= micro_per_epoch or (cfg.max_steps and step >= cfg.max_steps):
                 break
@@ -399,11 +402,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
                     writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
             if improved:
-                save_atomic({"model": model.state_dict(), "epoch": epoch, "top1": best_top1, "classes": classes,
-                             "config": asdict(cfg)}, out / "best.pth")
+                _save_weights(model, {"epoch": epoch, "top1": best_top1, "classes": classes, "config": asdict(cfg)},
+                              out / "best")
             if ema is not None:
-                save_atomic({"model": ema.module.state_dict(), "epoch": epoch, "top1": ema_eval["top1"],
-                             "classes": classes, "config": asdict(cfg)}, out / "ema.pth")
+                _save_weights(ema.module, {"epoch": epoch, "top1": ema_eval["top1"], "classes": classes,
+                                           "config": asdict(cfg)}, out / "ema")
             save_atomic(snapshot(), out / "last.pth")  # last: a kill before this repeats the epoch
 
     summary = {
@@ -418,6 +421,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             writer.close()
         plot_curves(out)
     return summary
+
+
+def _save_weights(model: nn.Module, info: dict[str, Any], stem: Path) -> None:
+    """A model's weights with the run's information, as ``stem.pth`` and as ``stem.safetensors`` (no pickle)."""
+    weights = model.state_dict()
+    save_atomic({"model": weights, **info}, stem.with_suffix(".pth"))
+    save_run_weights(weights, info, stem.with_suffix(".safetensors"))
 
 
 def plot_curves(out: Path) -> None:

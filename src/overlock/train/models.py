@@ -9,6 +9,7 @@ from torch import nn
 
 import overlock  # noqa: F401  (registers the models)
 
+from ..weights_file import check_checkpoint_file
 from .config import TrainConfig
 
 
@@ -21,5 +22,6 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int = 3) -> nn.Mod
     if cfg.drop_path:
         kwargs["drop_path_rate"] = cfg.drop_path
     if cfg.pretrained:
+        check_checkpoint_file(cfg.pretrained)  # any timm model: a clear error before timm reads the file
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=cfg.pretrained))
     return timm.create_model(cfg.model, **kwargs)

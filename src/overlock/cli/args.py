@@ -1,0 +1,55 @@
+"""Arguments shared by the commands: the model option, and number types that reject bad values at parse time.
+
+Every command that runs one model takes it as ``--model NAME``. ``validate``, ``erf`` and ``cam`` also still
+accept the name as their first positional argument, their earlier form.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+MODEL_HELP = "timm model name, e.g. overlock_t (optional with a checkpoint of an overlock train run)"
+
+
+def add_model_option(parser: argparse.ArgumentParser, help: str = MODEL_HELP, positional: bool = False) -> None:
+    """``--model NAME``; with ``positional``, the earlier form (the name as the first positional argument) too,
+    left out of the help. Read the name back with :func:`model_name`."""
+    parser.add_argument("--model", help=help)
+    if positional:
+        parser.add_argument("positional_model", nargs="?", help=argparse.SUPPRESS)
+
+
+def model_name(args: argparse.Namespace) -> str | None:
+    """The model named by ``--model`` or by the positional form; an error when both name different models."""
+    given = getattr(args, "positional_model", None)
+    if given and args.model and given != args.model:
+        raise ValueError(f"two models named: {given!r} and --model {args.model!r}; give one")
+    return args.model or given
+
+
+def _number(kind: type, check: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer of 0 or more")
+positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+unit_fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is for ``-h``), with exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} -h')\n")
