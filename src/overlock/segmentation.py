@@ -13,35 +13,34 @@ optional flip and multi-scale testing, and the ADE20K test pipeline.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models.upernet import resize_to
+from .data.segmentation import prepare_test_image
+from .models.upernet import (
+    UPERNET_VARIANTS, create_upernet, load_upernet_weights, read_checkpoint, resize_to, upernet_state_dict,
+)
+from .train.seg_config import SegTrainConfig, build_segmenter
 
 __all__ = [
+    "LoadedSegmenter",
     "SegInference",
     "TEST_SCALE",
     "MS_RATIOS",
-    "fit_size",
-    "multiple_size",
-    "normalize",
     "prepare_test_image",
+    "load_segmenter",
     "predict_probabilities",
     "slide_logits",
     "whole_logits",
 ]
 
 TEST_SCALE = (2048, 512)  # (long side, short side) the ADE20K test images are fitted into
-SIZE_DIVISOR = 32
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the usual multi-scale test ratios
-MEAN_255 = (123.675, 116.28, 103.53)
-STD_255 = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
@@ -95,43 +94,6 @@ def slide_logits(model: nn.Module, images: Tensor, crop_size: Sequence[int] = (5
     return total / count
 
 
-def fit_size(height: int, width: int, scale: Sequence[int] = TEST_SCALE) -> tuple[int, int]:
-    """(height, width) resized keeping the aspect ratio to fit ``scale`` (long side, short side), rounded to the
-    nearest pixel (mmcv's ``rescale_size``)."""
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
-
-
-def multiple_size(height: int, width: int, divisor: int = SIZE_DIVISOR) -> tuple[int, int]:
-    """Each side rounded up to a multiple of ``divisor``."""
-    return math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor
-
-
-def resize_uint8(image: Tensor, size: Sequence[int], mode: str) -> Tensor:
-    """A (C, H, W) 0-255 image resized without antialiasing (as OpenCV resizes) and rounded back to 8-bit values."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    resized = F.interpolate(image[None].float(), size=list(size), mode=mode, align_corners=False)[0]
-    return resized.round().clamp(0, 255)
-
-
-def normalize(image: Tensor) -> Tensor:
-    """(3, H, W) RGB in 0-255 to the network's input: ImageNet mean and standard deviation, in 0-255 units."""
-    mean = torch.tensor(MEAN_255, dtype=torch.float32).reshape(3, 1, 1)
-    std = torch.tensor(STD_255, dtype=torch.float32).reshape(3, 1, 1)
-    return (image.float() - mean) / std
-
-
-def prepare_test_image(image: np.ndarray | Tensor, ratio: float = 1.0, scale: Sequence[int] = TEST_SCALE,
-                       divisor: int = SIZE_DIVISOR) -> Tensor:
-    """The test pipeline: an (H, W, 3) uint8 RGB image fitted into ``scale`` x ``ratio`` (bilinear), each side
-    then up to a multiple of ``divisor`` (bicubic), normalised; returns (3, H', W') float32."""
-    pixels = torch.as_tensor(np.asarray(image)).permute(2, 0, 1).float()
-    scaled = (int(scale[0] * ratio), int(scale[1] * ratio))
-    fitted = resize_uint8(pixels, fit_size(*pixels.shape[-2:], scaled), "bilinear")
-    return normalize(resize_uint8(fitted, multiple_size(*fitted.shape[-2:], divisor), "bicubic"))
-
-
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, image: np.ndarray, settings: SegInference = SegInference(),
                           device: torch.device | str = "cpu") -> Tensor:
@@ -141,7 +103,8 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, settings: SegInfe
     total: Tensor | None = None
     passes = 0
     for ratio in settings.ratios:
-        batch = prepare_test_image(image, ratio, settings.scale)[None].to(device)
+        scale = (int(settings.scale[0] * ratio), int(settings.scale[1] * ratio))
+        batch = prepare_test_image(image, scale)[None].to(device)
         for flip in (False, True) if settings.flip else (False,):
             inputs = batch.flip(-1) if flip else batch
             if settings.mode == "slide":
@@ -154,3 +117,51 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, settings: SegInfe
             passes += 1
     assert total is not None
     return total / passes
+
+
+
+@dataclass
+class LoadedSegmenter:
+    """A segmentation model in eval mode, its class names (when the checkpoint knows them) and its origin."""
+
+    model: nn.Module
+    classes: list[str] | None
+    description: str
+
+
+def _official_variant(state_dict: dict[str, Tensor], num_classes: int) -> str | None:
+    """The official UperNet variant whose keys and shapes ``state_dict`` has (built on the meta device), if any."""
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    for name, variant in UPERNET_VARIANTS.items():
+        with torch.device("meta"):
+            candidate = create_upernet(variant["backbone"], num_classes=num_classes)
+        if {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == shapes:
+            return name
+    return None
+
+
+def load_segmenter(weights: str | Path, backbone: str | None = None) -> LoadedSegmenter:
+    """An UperNet from a checkpoint: a run of ``overlock seg train`` (its saved configuration rebuilds the model), or
+    an official ``upernet_overlock_*_ade20k.pth`` (the variant recognised from its keys, or named by ``backbone``)."""
+    checkpoint = read_checkpoint(weights)
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if isinstance(config, dict) and "backbone" in config and "channels" in config:  # one of our runs
+        cfg = SegTrainConfig(**config).updated(pretrained=None, weights=None, drop_path=0.0)
+        classes = [str(c) for c in checkpoint.get("classes") or []]
+        model = load_upernet_weights(build_segmenter(cfg, len(classes)), checkpoint, weights)
+        return LoadedSegmenter(model.eval(), classes, f"{cfg.backbone} UperNet, run checkpoint {weights}")
+    state_dict = upernet_state_dict(checkpoint)
+    head = state_dict.get("decode_head.conv_seg.weight")
+    if head is None:
+        raise ValueError(f"{weights} holds no UperNet decode head (decode_head.conv_seg.weight)")
+    if backbone is None:
+        variant = _official_variant(state_dict, head.shape[0])
+        if variant is None:
+            raise ValueError(f"{weights} is not an official UperNet checkpoint of OverLoCK-T, -S or -B: name its "
+                             f"backbone with --backbone")
+        backbone = UPERNET_VARIANTS[variant]["backbone"]
+    aux = state_dict.get("auxiliary_head.conv_seg.weight")
+    model = create_upernet(backbone, num_classes=head.shape[0], channels=head.shape[1],
+                           aux_channels=aux.shape[1] if aux is not None else None)
+    load_upernet_weights(model, state_dict, weights)
+    return LoadedSegmenter(model.eval(), None, f"{backbone} UperNet, {weights}")

@@ -19,7 +19,10 @@ from torch import Tensor, nn
 
 from .overlock import CheckpointMismatchError, _summarise
 
-__all__ = ["UperNet", "UPerHead", "FCNHead", "create_upernet", "load_upernet_checkpoint", "UPERNET_VARIANTS"]
+__all__ = [
+    "UPERNET_VARIANTS", "FCNHead", "UPerHead", "UperNet", "create_upernet", "load_upernet_checkpoint",
+    "load_upernet_weights", "read_checkpoint", "upernet_state_dict",
+]
 
 POOL_SCALES = (1, 2, 3, 6)
 
@@ -204,19 +207,28 @@ def upernet_state_dict(checkpoint: Any) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in checkpoint.items() if torch.is_tensor(v)}
 
 
-def load_upernet_checkpoint(model: UperNet, path: Union[str, Path]) -> UperNet:
-    """Load an UperNet checkpoint file strictly, with a clear error for a missing, unreadable or unfitting file."""
+def read_checkpoint(path: Union[str, Path]) -> Any:
+    """A checkpoint file's contents, loaded weights-only, with a clear error for a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable here
         raise ValueError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_upernet_weights(model: UperNet, checkpoint: Any, source: Union[str, Path] = "checkpoint") -> UperNet:
+    """Load the weights of a checkpoint (any wrapper, see ``upernet_state_dict``) into ``model``, strictly."""
     state_dict = upernet_state_dict(checkpoint)
-    check_fits(state_dict, model, path)
+    check_fits(state_dict, model, source)
     model.load_state_dict(state_dict)
     return model
+
+
+def load_upernet_checkpoint(model: UperNet, path: Union[str, Path]) -> UperNet:
+    """Load an UperNet checkpoint file strictly, with a clear error for a missing, unreadable or unfitting file."""
+    return load_upernet_weights(model, read_checkpoint(path), path)
 
 
 def check_fits(state_dict: dict[str, Tensor], model: nn.Module, source: Union[str, Path] = "checkpoint") -> None:
