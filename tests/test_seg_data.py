@@ -99,6 +99,17 @@ def test_bad_samples_are_skipped_with_the_reason(folder, caplog):
     assert len(reasons) == 4 and caplog.text.count("skipping") == 4
 
 
+def test_training_set_substitutes_the_next_usable_sample(folder):
+    write_pair(folder, "train", "3", np.zeros((10, 10)), image_size=(20, 30))
+    dataset = SegmentationDataset(folder, "train", substitute_skipped=True)
+    image, mask, skipped = dataset[3]
+    assert skipped == 1 and (mask == 0).all()  # sample 0 took its place
+    assert dataset[1][2] == 0
+    _, masks, count = collate_segmentation([(torch.zeros(3, 2, 2), torch.zeros(2, 2)) + (1,),
+                                            (torch.zeros(3, 2, 2), torch.zeros(2, 2)) + (0,)])
+    assert count == 1 and masks.shape == (2, 2, 2)
+
+
 def test_collate_counts_skipped_samples():
     good = (torch.zeros(3, 4, 4), torch.zeros(4, 4, dtype=torch.long))
     images, masks, skipped = collate_segmentation([good, Skipped("x", "bad"), good])

@@ -128,12 +128,14 @@ def _train(args: argparse.Namespace) -> int:
     from overlock.train.seg_engine import RESUME_OVERRIDABLE, train_segmentation
 
     cfg = config_from_args(args)
+    overrides = None
     if args.resume:
         fields = {f.name for f in dataclasses.fields(SegTrainConfig)}
         ignored = sorted(k for k in vars(args) if k in fields and k not in RESUME_OVERRIDABLE)
         if ignored:
             print(f"--resume continues the run with its own settings; ignoring: {', '.join(ignored)}")
-    summary = train_segmentation(cfg, resume=args.resume, overwrite=args.overwrite)
+        overrides = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDABLE and k != "output"}
+    summary = train_segmentation(cfg, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     final = summary["final"]
     if final:
         print(f"{summary['backbone']} UperNet: mIoU {final['mIoU']:.2f}  mAcc {final['mAcc']:.2f}  "

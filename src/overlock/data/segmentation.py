@@ -13,7 +13,9 @@ Layouts (``ROOT`` is what ``--data-dir`` names):
 Bad data: an empty or missing folder stops with a one-line error. An image without a mask is left out at the
 start and counted (a warning names the first). A sample whose files cannot be read, whose mask has another size
 than its image, or whose mask holds labels outside the classes is skipped when it is loaded: a warning names the
-file and the reason, and the loaders count the skipped samples (``collate_segmentation``).
+file and the reason, and the loaders count the skipped samples (``collate_segmentation``). In training the next
+usable sample takes its place, so that batches keep their size (BatchNorm after the 1x1 pyramid pooling needs
+two images or more).
 """
 from __future__ import annotations
 
@@ -156,18 +158,25 @@ def check_labels(mask: np.ndarray, num_classes: int) -> Optional[str]:
 
 
 class SegmentationDataset(Dataset):
-    """Image/mask pairs of one split (see the module's layouts); items are ``transform(image, mask)`` of an
-    (H, W, 3) uint8 RGB image and an (H, W) int64 mask, or a ``Skipped`` for a sample that cannot be used."""
+    """Image/mask pairs of one split (see the module's layouts).
+
+    Items are ``transform(image, mask)`` of an (H, W, 3) uint8 RGB image and an (H, W) int64 mask (the pair itself
+    without a transform), or a ``Skipped`` for a sample that cannot be used. With ``substitute_skipped`` (training)
+    the next usable sample takes a skipped one's place and items are ``(*transform(image, mask), skipped)``, where
+    ``skipped`` counts the samples passed over.
+    """
 
     def __init__(self, root: str | Path, split: str = "train", layout: str = "folder",
                  transform: Optional[Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]] = None,
-                 classes: Optional[Sequence[str]] = None, reduce_zero_label: Optional[bool] = None):
+                 classes: Optional[Sequence[str]] = None, reduce_zero_label: Optional[bool] = None,
+                 substitute_skipped: bool = False):
         root = Path(root)
         images, masks = split_folders(root, layout, split)
         self.classes = list(classes) if classes is not None else read_classes(root, layout)
         self.reduce_zero_label = layout == "ade20k" if reduce_zero_label is None else reduce_zero_label
         self.samples = find_pairs(images, masks)
         self.transform = transform
+        self.substitute_skipped = substitute_skipped
         self.root, self.split, self.layout = root, split, layout
 
     @property
@@ -205,18 +214,24 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int):
         sample = self.load(index)
-        if isinstance(sample, Skipped) or self.transform is None:
+        skipped = 0
+        while self.substitute_skipped and isinstance(sample, Skipped) and skipped < len(self) - 1:
+            skipped += 1
+            sample = self.load((index + skipped) % len(self))
+        if isinstance(sample, Skipped):
             return sample
-        return self.transform(*sample)
+        pair = self.transform(*sample) if self.transform is not None else sample
+        return (*pair, skipped) if self.substitute_skipped else pair
 
 
 def collate_segmentation(batch: list) -> tuple[Tensor, Tensor, int]:
-    """Stack the usable samples of a batch (images and masks of one size); the third element counts the skipped."""
+    """Stack the usable samples of a batch (images and masks of one size); the third element counts the skipped
+    ones (``Skipped`` items, and the counts of items that replaced skipped samples)."""
     good = [sample for sample in batch if not isinstance(sample, Skipped)]
+    skipped = len(batch) - len(good) + sum(int(sample[2]) for sample in good if len(sample) == 3)
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
-    images, masks = zip(*good)
-    return torch.stack(images), torch.stack(masks), len(batch) - len(good)
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    return torch.stack([s[0] for s in good]), torch.stack([s[1] for s in good]), skipped
 
 
 # ---------------------------------------------------------------------- the training pipeline

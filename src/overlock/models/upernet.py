@@ -14,10 +14,12 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
+import torch.fx
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from .overlock import CheckpointMismatchError, _summarise
+from .overlock import CheckpointMismatchError, OverLoCK, _summarise
 
 __all__ = [
     "UPERNET_VARIANTS", "FCNHead", "UPerHead", "UperNet", "create_upernet", "load_upernet_checkpoint",
@@ -37,6 +39,15 @@ UPERNET_VARIANTS: dict[str, dict[str, Any]] = {
 def resize_to(x: Tensor, size: List[int]) -> Tensor:
     """Bilinear resize without corner alignment (the only resize the official model uses)."""
     return F.interpolate(x, size=list(size), mode="bilinear", align_corners=False)
+
+
+@register_notrace_function  # reads a shape: a leaf function for fx
+def resize_as(x: Tensor, reference: Tensor) -> Tensor:
+    """``resize_to`` the spatial size of ``reference``."""
+    return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+
+
+torch.fx.wrap("resize_as")
 
 
 class ConvBNReLU(nn.Module):
@@ -62,7 +73,7 @@ class PyramidPooling(nn.ModuleList):
         super().__init__([nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(in_chs, channels, 1, **dd)) for s in scales])
 
     def forward(self, x: Tensor) -> List[Tensor]:
-        return [resize_to(stage(x), x.shape[-2:]) for stage in self]
+        return [resize_as(stage(x), x) for stage in self]
 
 
 class DecodeHead(nn.Module):
@@ -101,10 +112,9 @@ class UPerHead(DecodeHead):
         laterals = [conv(features[i]) for i, conv in enumerate(self.lateral_convs)]
         laterals.append(self.bottleneck(torch.cat([top] + self.psp_modules(top), dim=1)))
         for i in range(len(laterals) - 1, 0, -1):  # top-down
-            laterals[i - 1] = laterals[i - 1] + resize_to(laterals[i], laterals[i - 1].shape[-2:])
+            laterals[i - 1] = laterals[i - 1] + resize_as(laterals[i], laterals[i - 1])
         outs = [conv(laterals[i]) for i, conv in enumerate(self.fpn_convs)] + [laterals[-1]]
-        size = outs[0].shape[-2:]
-        fused = torch.cat([outs[0]] + [resize_to(out, size) for out in outs[1:]], dim=1)
+        fused = torch.cat([outs[0]] + [resize_as(out, outs[0]) for out in outs[1:]], dim=1)
         return self.classify(self.fpn_bottleneck(fused))
 
 
@@ -122,8 +132,8 @@ class FCNHead(DecodeHead):
 
 
 class UperNet(nn.Module):
-    """A backbone giving a four-level pyramid, a ``UPerHead`` on it and an optional ``FCNHead`` on level
-    ``aux_index`` (mmsegmentation's ``EncoderDecoder``, with its state-dict names).
+    """An OverLoCK dense backbone (``forward_pyramid``: four levels), a ``UPerHead`` on them and an optional
+    ``FCNHead`` on level ``aux_index`` (mmsegmentation's ``EncoderDecoder``, with its state-dict names).
 
     ``forward`` returns the decode head's logits at the stride of level 1 (a quarter of the input size) in eval
     mode, and the pair (decode logits, auxiliary logits) in train mode when the auxiliary head exists (its loss
@@ -131,7 +141,7 @@ class UperNet(nn.Module):
     ``encode_decode``.
     """
 
-    def __init__(self, backbone: nn.Module, decode_head: UPerHead, auxiliary_head: Optional[FCNHead] = None,
+    def __init__(self, backbone: OverLoCK, decode_head: UPerHead, auxiliary_head: Optional[FCNHead] = None,
                  aux_index: int = 2):
         super().__init__()
         self.backbone = backbone
@@ -141,7 +151,8 @@ class UperNet(nn.Module):
         self.num_classes = decode_head.num_classes
 
     def forward_features(self, x: Tensor) -> List[Tensor]:
-        return self.backbone(x)
+        """The backbone's four pyramid levels (strides 4-32)."""
+        return self.backbone.forward_pyramid(x)[0]
 
     def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         features = self.forward_features(x)
@@ -153,7 +164,7 @@ class UperNet(nn.Module):
     def forward_logits(self, x: Tensor) -> Tensor:
         """Decode-head logits resized (bilinear) to the input size."""
         features = self.forward_features(x)
-        return resize_to(self.decode_head(features), x.shape[-2:])
+        return resize_as(self.decode_head(features), x)
 
 
 def create_upernet(

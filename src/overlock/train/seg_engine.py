@@ -56,7 +56,8 @@ def build_seg_datasets(cfg: SegTrainConfig) -> tuple[SegmentationDataset, Segmen
         crop_size=(cfg.crop_size, cfg.crop_size), scale=tuple(cfg.train_scale), ratio_range=tuple(cfg.ratio_range),
         cat_max_ratio=cfg.cat_max_ratio, photometric=cfg.photometric,
     )
-    train = SegmentationDataset(cfg.data_dir, "train", cfg.dataset, pipeline, reduce_zero_label=cfg.reduce_zero_label)
+    train = SegmentationDataset(cfg.data_dir, "train", cfg.dataset, pipeline, reduce_zero_label=cfg.reduce_zero_label,
+                                substitute_skipped=True)
     val = SegmentationDataset(cfg.data_dir, "val", cfg.dataset, classes=train.classes,
                               reduce_zero_label=cfg.reduce_zero_label)
     return train, val
@@ -126,22 +127,27 @@ def plot_seg_curves(out: Path) -> None:
     plt.close(fig)
 
 
-def train_segmentation(cfg: SegTrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train_segmentation(cfg: SegTrainConfig, resume: bool = False, overwrite: bool = False,
+                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) the segmentation training described by ``cfg``; returns the summary written to summary.json.
 
-    When resuming, the run's own configuration is taken from ``cfg.output``/last.pth; only the
-    ``RESUME_OVERRIDABLE`` fields of ``cfg`` apply.
+    When resuming, the run in ``cfg.output`` continues with its own configuration (from its last.pth), changed only
+    by ``overrides``: any of ``RESUME_OVERRIDABLE`` (``max_steps=0`` lets a run stopped by ``max_steps`` finish).
     """
     info = init_distributed()
     out = Path(cfg.output)
     state = None
     if resume:
+        unknown = set(overrides or {}) - set(RESUME_OVERRIDABLE)
+        if unknown:
+            raise ValueError(f"a resumed run keeps its settings; only {', '.join(RESUME_OVERRIDABLE)} may change, "
+                             f"not {', '.join(sorted(unknown))}")
         state = load_training_checkpoint(out / "last.pth")
         try:
             saved = SegTrainConfig(**state["config"])
         except TypeError as exc:
             raise CheckpointError(f"{out / 'last.pth'} is not a segmentation run's checkpoint: {exc}") from exc
-        cfg = saved.updated(**{k: getattr(cfg, k) for k in RESUME_OVERRIDABLE})
+        cfg = saved.updated(output=cfg.output, **(overrides or {}))
     elif info.is_main:
         prepare_output(out, resume, overwrite)
         for name in RUN_FILES:
