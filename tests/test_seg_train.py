@@ -124,3 +124,25 @@ def test_bad_samples_in_training_are_counted(shapes, tmp_path):
     assert main(seg_args(data, tmp_path / "run", "--iters", "4", "--eval-every", "4")) == 0
     row = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1].split(",")
     assert int(row[7]) > 0  # skipped_train: the broken mask, each time it was drawn
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(shapes, tmp_path):
+    """torchrun with 2 gloo processes of 2 images: one step each for a global batch of 4, evaluation shared out."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "overlock.cli.main", *seg_args(shapes, out, "--iters", "4",
+                                                                         "--eval-every", "4")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["step"] == 4 and state["micro_in_epoch"] == 4  # 16 images, 2 x 2 a step: one pass
+    import json
+
+    final = json.loads((out / "summary.json").read_text())["final"]
+    assert final["images"] == 4 and final["skipped"] == 0  # the 4 validation images, split over the processes

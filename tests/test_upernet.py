@@ -26,8 +26,9 @@ def test_traced_scripted_and_exported_are_bitwise_equal(upernet):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         expected = upernet(x)
-        for name, run in (("timm fx", _timm_fx(upernet)), ("fx", torch.fx.symbolic_trace(upernet)),
-                          ("script", torch.jit.script(upernet)), ("export", torch.export.export(upernet, (x,)).module())):
+        runs = {"timm fx": _timm_fx(upernet), "fx": torch.fx.symbolic_trace(upernet),
+                "script": torch.jit.script(upernet), "export": torch.export.export(upernet, (x,)).module()}
+        for name, run in runs.items():
             assert torch.equal(run(x), expected), name
 
 

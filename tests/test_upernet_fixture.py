@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import rel_err
-from overlock.models.upernet import create_upernet, load_upernet_checkpoint
+from overlock.models.upernet import create_upernet, load_upernet_checkpoint, upernet_from_mmseg_config
 from overlock.segmentation import slide_logits, whole_logits
 from overlock.train.seg_loss import segmentation_losses
 
@@ -16,15 +16,8 @@ TOLERANCE = 1e-5  # relative to the largest magnitude of the official output
 
 def _build(config: dict, seed: int = 0) -> torch.nn.Module:
     """Our UperNet for the fixture's mmsegmentation config."""
-    backbone, decode, aux = config["backbone"], config["decode_head"], config["auxiliary_head"]
     torch.manual_seed(seed)
-    return create_upernet(
-        "test_overlock", num_classes=decode["num_classes"], channels=decode["channels"],
-        aux_channels=aux["channels"], aux_index=aux["in_index"], pool_scales=decode["pool_scales"],
-        dropout=decode["dropout_ratio"], depths=backbone["depth"], sub_depths=backbone["sub_depth"],
-        embed_dims=backbone["embed_dim"], kernel_sizes=backbone["kernel_size"], mlp_ratios=backbone["mlp_ratio"],
-        sub_num_heads=backbone["sub_num_heads"], sub_mlp_ratios=backbone["sub_mlp_ratio"],
-    )
+    return upernet_from_mmseg_config(config)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from .overlock import CheckpointMismatchError, OverLoCK, _summarise
 
 __all__ = [
     "UPERNET_VARIANTS", "FCNHead", "UPerHead", "UperNet", "create_upernet", "load_upernet_checkpoint",
-    "load_upernet_weights", "read_checkpoint", "upernet_state_dict",
+    "load_upernet_weights", "read_checkpoint", "upernet_from_mmseg_config", "upernet_state_dict",
 ]
 
 POOL_SCALES = (1, 2, 3, 6)
@@ -70,7 +70,9 @@ class PyramidPooling(nn.ModuleList):
     resized back to the input size."""
 
     def __init__(self, in_chs: int, channels: int, scales: Sequence[int] = POOL_SCALES, **dd: Any):
-        super().__init__([nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(in_chs, channels, 1, **dd)) for s in scales])
+        super().__init__(
+            [nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(in_chs, channels, 1, **dd)) for s in scales]
+        )
 
     def forward(self, x: Tensor) -> List[Tensor]:
         return [resize_as(stage(x), x) for stage in self]
@@ -96,8 +98,8 @@ class UPerHead(DecodeHead):
     concatenated and fused by a 3x3 block before the classifier. Logits at the stride of level 1."""
 
     def __init__(
-        self, in_channels: Sequence[int], num_classes: int, channels: int = 512, pool_scales: Sequence[int] = POOL_SCALES,
-        dropout: float = 0.1, **dd: Any,
+        self, in_channels: Sequence[int], num_classes: int, channels: int = 512,
+        pool_scales: Sequence[int] = POOL_SCALES, dropout: float = 0.1, **dd: Any,
     ):
         super().__init__(channels, num_classes, dropout, **dd)
         *lower, top = in_channels
@@ -201,6 +203,35 @@ def create_upernet(
     if weights:
         load_upernet_checkpoint(model, weights)
     return model
+
+
+# the official OverLoCK constructor's argument names -> ours
+_OFFICIAL_ARGS = {
+    "depth": "depths", "sub_depth": "sub_depths", "embed_dim": "embed_dims", "kernel_size": "kernel_sizes",
+    "mlp_ratio": "mlp_ratios", "sub_mlp_ratio": "sub_mlp_ratios", "sub_num_heads": "sub_num_heads",
+    "ls_init_value": "ls_init_values", "res_scale": "res_scale", "smk_size": "smk_size",
+    "drop_path_rate": "drop_path_rate", "deploy": "deploy", "in_chans": "in_chans",
+}
+
+
+def upernet_from_mmseg_config(config: dict[str, Any], **kwargs: Any) -> UperNet:
+    """The UperNet an mmsegmentation ``model`` config of the official code describes (``EncoderDecoder`` with an
+    OverLoCK backbone, a ``UPerHead`` and an ``FCNHead``): a registered variant (``type='overlock_t'``) or the
+    ``OverLoCK`` class with its arguments. ``kwargs`` go to ``create_upernet``."""
+    backbone = dict(config["backbone"])
+    kind = backbone.pop("type")
+    backbone.pop("pretrained", None)
+    unknown = set(backbone) - set(_OFFICIAL_ARGS)
+    if unknown:
+        raise ValueError(f"backbone arguments this implementation does not know: {', '.join(sorted(unknown))}")
+    name = kind if kind.startswith("overlock_") else "overlock_t"  # the class: every architecture argument given
+    decode, aux = config["decode_head"], config.get("auxiliary_head")
+    return create_upernet(
+        name, num_classes=decode["num_classes"], channels=decode["channels"],
+        aux_channels=aux["channels"] if aux else None, aux_index=aux["in_index"] if aux else 2,
+        pool_scales=tuple(decode["pool_scales"]), dropout=decode["dropout_ratio"],
+        **{_OFFICIAL_ARGS[k]: v for k, v in backbone.items()}, **kwargs,
+    )
 
 
 _WRAPPERS = ("state_dict", "model", "state_dict_ema")

@@ -43,9 +43,10 @@ def relative_position_bias_grid(rpb: Tensor, height: int, width: int, kernel_siz
     """
     k = kernel_size
     device = rpb.device
-    rows_idx, cols_idx = torch.arange(height, device=device), torch.arange(width, device=device)
-    row_start = torch.div(window_starts(height, k, device, dilation) - rows_idx, dilation, rounding_mode="floor") + k - 1
-    col_start = torch.div(window_starts(width, k, device, dilation) - cols_idx, dilation, rounding_mode="floor") + k - 1
+    row_shift = window_starts(height, k, device, dilation) - torch.arange(height, device=device)
+    col_shift = window_starts(width, k, device, dilation) - torch.arange(width, device=device)
+    row_start = torch.div(row_shift, dilation, rounding_mode="floor") + k - 1
+    col_start = torch.div(col_shift, dilation, rounding_mode="floor") + k - 1
     rows = rpb.unfold(1, k, 1).index_select(1, row_start)  # (G, H, 2K-1, K): [g, i, c, a]
     return rows.unfold(2, k, 1).index_select(2, col_start)  # (G, H, W, K, K): [g, i, j, a, b]
 
