@@ -126,7 +126,6 @@ def test_bad_samples_in_training_are_counted(shapes, tmp_path):
     assert int(row[7]) > 0  # skipped_train: the broken mask, each time it was drawn
 
 
-@pytest.mark.slow
 def test_two_processes_under_torchrun(shapes, tmp_path):
     """torchrun with 2 gloo processes of 2 images: one step each for a global batch of 4, evaluation shared out."""
     import socket

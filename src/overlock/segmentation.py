@@ -134,7 +134,7 @@ def _official_variant(state_dict: dict[str, Tensor], num_classes: int) -> str | 
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     for name, variant in UPERNET_VARIANTS.items():
         with torch.device("meta"):
-            candidate = create_upernet(variant["backbone"], num_classes=num_classes)
+            candidate = create_upernet(variant, num_classes=num_classes)
         if {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == shapes:
             return name
     return None
@@ -159,7 +159,7 @@ def load_segmenter(weights: str | Path, backbone: str | None = None) -> LoadedSe
         if variant is None:
             raise ValueError(f"{weights} is not an official UperNet checkpoint of OverLoCK-T, -S or -B: name its "
                              f"backbone with --backbone")
-        backbone = UPERNET_VARIANTS[variant]["backbone"]
+        backbone = UPERNET_VARIANTS[variant]
     aux = state_dict.get("auxiliary_head.conv_seg.weight")
     model = create_upernet(backbone, num_classes=head.shape[0], channels=head.shape[1],
                            aux_channels=aux.shape[1] if aux is not None else None)

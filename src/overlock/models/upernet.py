@@ -28,11 +28,9 @@ __all__ = [
 
 POOL_SCALES = (1, 2, 3, 6)
 
-# official config per variant: backbone, stochastic depth (the ADE20K configs' drop_path_rate)
-UPERNET_VARIANTS: dict[str, dict[str, Any]] = {
-    "upernet_overlock_t": dict(backbone="overlock_t", drop_path_rate=0.2),
-    "upernet_overlock_s": dict(backbone="overlock_s", drop_path_rate=0.3),
-    "upernet_overlock_b": dict(backbone="overlock_b", drop_path_rate=0.5),
+# the official UperNet models and their backbones
+UPERNET_VARIANTS: dict[str, str] = {
+    "upernet_overlock_t": "overlock_t", "upernet_overlock_s": "overlock_s", "upernet_overlock_b": "overlock_b",
 }
 
 
