@@ -13,6 +13,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE = SHARED / "fixtures" / "official_tiny.pt"
 OFFICIAL_KEYS = SHARED / "spec" / "official_keys.json"
 OFFICIAL_UPERNET_KEYS = SHARED / "spec" / "official_upernet_keys.json"
+UPERNET_FIXTURE = SHARED / "fixtures" / "official_upernet_tiny.pt"
 FIXTURE_INPUTS = ("64x64", "64x96", "224x160", "256x256")
 
 
@@ -38,6 +39,12 @@ def official_keys() -> dict:
 def official_upernet_keys() -> dict:
     """Every key and shape of the official UperNet models (mmsegmentation names)."""
     return json.loads(_require(OFFICIAL_UPERNET_KEYS).read_text())
+
+
+@pytest.fixture(scope="session")
+def official_upernet() -> dict:
+    """Outputs of the official UperNet (mmsegmentation 0.30) for a small configuration (../shared/spec/README.md)."""
+    return torch.load(_require(UPERNET_FIXTURE), weights_only=True)
 
 
 @pytest.fixture(scope="session")

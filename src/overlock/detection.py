@@ -37,12 +37,15 @@ def fpn_backbone(
     out_indices: Sequence[int] = (0, 1, 2, 3),
     out_channels: int = 256,
     extra_blocks: ExtraFPNBlock | None = None,
+    dense_form: str = "detection",
 ) -> BackboneWithFPN:
     """An OverLoCK dense backbone with an FPN for torchvision's detectors.
 
     ``weights``: a checkpoint file: ImageNet weights (the new norms and fusion start from their
-    initial values), or an official Mask R-CNN / UperNet checkpoint (its ``backbone.`` part).
+    initial values), or an official Mask R-CNN checkpoint (its ``backbone.`` part); the ``backbone.`` part of an
+    official UperNet checkpoint needs ``dense_form='segmentation'``.
     """
     kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=weights)) if weights else {}
-    body = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), **kwargs)
+    body = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), dense_form=dense_form,
+                             **kwargs)
     return BackboneWithFPN(body, out_channels, extra_blocks)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import sys
 import types
 from pathlib import Path
@@ -68,17 +69,30 @@ def _install_stand_ins(av: str) -> None:
         sys.modules.update({"mmengine": mmengine, "mmengine.runner": mmengine.runner})
 
 
-def load_official_model(repo: str | Path, name: str, av: str = "unfold", **kwargs) -> nn.Module:
-    """Build the official ``name`` (e.g. ``overlock_xt``) from the clone at ``repo``.
+def _segmentation_stand_ins() -> None:
+    """Make the mmsegmentation / mmcv names the official segmentation file imports available (a registry whose
+    decorator leaves the builders as they are, a logger, a checkpoint loader), unless the real packages are there."""
+    if "mmseg" in sys.modules or importlib.util.find_spec("mmseg") is not None:
+        return
 
-    ``av`` picks what computes ``na2d_av``: ``natten`` (the real package), ``unfold`` (the official
-    no-NATTEN fallback's approach) or ``overlock`` (our op, to compare the rest of the network).
-    """
-    path = Path(repo) / "models" / "overlock.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"no official model file at {path}: pass the root of a clone of LMMMEng/OverLoCK")
-    _install_stand_ins(av)
-    spec = importlib.util.spec_from_file_location("overlock_official_models", path)
+    class _Registry:
+        def register_module(self, *args, **kwargs):
+            return lambda fn: fn
+
+    def load_checkpoint(*args, **kwargs):
+        raise RuntimeError("loading official weights through mmcv is not supported in benchmarks")
+
+    modules = {name: types.ModuleType(name) for name in
+               ("mmseg", "mmseg.models", "mmseg.models.builder", "mmseg.utils", "mmcv", "mmcv.runner")}
+    modules["mmseg.models.builder"].MODELS = _Registry()
+    modules["mmseg.utils"].get_root_logger = lambda *args, **kwargs: logging.getLogger("official")
+    modules["mmcv.runner"].load_checkpoint = load_checkpoint
+    sys.modules.update(modules)
+
+
+def _exec_official_file(path: Path, module_name: str) -> types.ModuleType:
+    """Import the official model file at ``path`` under a private name, its model registrations kept to itself."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     # the official file registers its models under our names: give it a registry of its own
     quiet_registry = types.ModuleType("timm.models.registry")
@@ -93,8 +107,37 @@ def load_official_model(repo: str | Path, name: str, av: str = "unfold", **kwarg
             del sys.modules["timm.models.registry"]
         else:
             sys.modules["timm.models.registry"] = saved
+    return module
+
+
+def _build(module: types.ModuleType, name: str, **kwargs) -> nn.Module:
     with contextlib.redirect_stdout(io.StringIO()):
         builder = getattr(module, name.removeprefix(PREFIX), None)
         if builder is None:
             raise ValueError(f"the official model file has no model {name.removeprefix(PREFIX)!r}")
         return builder(**kwargs)
+
+
+def load_official_model(repo: str | Path, name: str, av: str = "unfold", **kwargs) -> nn.Module:
+    """Build the official ``name`` (e.g. ``overlock_xt``) from the clone at ``repo``.
+
+    ``av`` picks what computes ``na2d_av``: ``natten`` (the real package), ``unfold`` (the official
+    no-NATTEN fallback's approach) or ``overlock`` (our op, to compare the rest of the network).
+    """
+    path = Path(repo) / "models" / "overlock.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no official model file at {path}: pass the root of a clone of LMMMEng/OverLoCK")
+    _install_stand_ins(av)
+    return _build(_exec_official_file(path, "overlock_official_models"), name, **kwargs)
+
+
+def load_official_segmentation_backbone(repo: str | Path, name: str, av: str = "unfold", **kwargs) -> nn.Module:
+    """Build the official UperNet backbone ``name`` (e.g. ``overlock_t``) from ``segmentation/models/overlock.py`` of
+    the clone at ``repo``: forward gives the four pyramid levels. ``av`` as for ``load_official_model``."""
+    path = Path(repo) / "segmentation" / "models" / "overlock.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no official segmentation model file at {path}: pass the root of a clone of "
+                                f"LMMMEng/OverLoCK")
+    _install_stand_ins(av)
+    _segmentation_stand_ins()
+    return _build(_exec_official_file(path, "overlock_official_segmentation"), name, **kwargs)

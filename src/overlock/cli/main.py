@@ -16,11 +16,12 @@ COMMANDS: dict[str, str] = {
     "info": "parameters, FLOPs and configuration of a model",
     "train": "train or fine-tune a model (torchrun for several processes)",
     "validate": "top-1/top-5 and loss on an image folder or robustness set",
+    "seg": "semantic segmentation (UperNet): seg train, seg validate",
     "predict": "top-k classes for images",
     "benchmark": "throughput, latency and memory against other timm models",
     "erf": "effective receptive field of a model, as a heat map",
     "cam": "Grad-CAM class-activation map of a prediction",
-    "data": "write a dataset as image-folder trees (Fashion-MNIST as PNGs)",
+    "data": "write a dataset as image-folder trees (Fashion-MNIST as PNGs; generated shapes with masks)",
     "export": "write a model as a timm/Hugging Face folder, an ONNX file or a torch.export program",
     "convert": "turn an official OverLoCK checkpoint into a timm/Hugging Face model folder",
 }

@@ -23,7 +23,8 @@ torch.fx.wrap("pool_to_size_of")
 
 class RepConvBlock(nn.Module):
     """Base-Net and Overview-Net block: residual depthwise conv, then one residual branch of LayerNorm, a
-    large-kernel Dilated RepConv with BN and SE, and a GRN ConvFFN (``proj``, the official layer indices)."""
+    large-kernel Dilated RepConv with BN and SE, and a GRN ConvFFN (``proj``, the official layer indices).
+    ``dilation`` dilates every spatial kernel (a dense backbone's ``output_stride``)."""
 
     def __init__(
         self,
@@ -34,17 +35,18 @@ class RepConvBlock(nn.Module):
         res_scale: bool = False,
         drop_path: float = 0.0,
         deploy: bool = False,
+        dilation: int = 1,
         **dd: Any,
     ):
         super().__init__()
         self.res_scale = res_scale
-        self.dwconv = ResDWConv(dim, 3, **dd)
+        self.dwconv = ResDWConv(dim, 3, dilation=dilation, **dd)
         self.proj = nn.Sequential(
             LayerNorm2d(dim, **dd),
-            DilatedRepConv(dim, kernel_size, deploy=deploy, **dd),
+            DilatedRepConv(dim, kernel_size, deploy=deploy, dilation=dilation, **dd),
             nn.BatchNorm2d(dim, **dd),
             SEModule(dim, **dd),
-            *conv_ffn(dim, int(dim * mlp_ratio), dim, **dd),
+            *conv_ffn(dim, int(dim * mlp_ratio), dim, dilation=dilation, **dd),
         )
         self.ls = LayerScale(dim, ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -61,7 +63,8 @@ class DynamicConvBlock(nn.Module):
     prior), mixes tokens with ContMix kernels generated from that fused context, and updates both.
 
     Takes the features ``x`` (B, dim, H, W), the context channels ``ctx`` and the prior (B, ctx_dim, H, W) and
-    returns the updated (B, dim + ctx_dim, H, W) map, features first.
+    returns the updated (B, dim + ctx_dim, H, W) map, features first. ``dilation`` dilates every spatial kernel,
+    the dynamic ones included (a dense backbone's ``output_stride``).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class DynamicConvBlock(nn.Module):
         is_first: bool = False,
         deploy: bool = False,
         contmix_backend: str = "auto",
+        dilation: int = 1,
         **dd: Any,
     ):
         super().__init__()
@@ -85,16 +89,16 @@ class DynamicConvBlock(nn.Module):
         if dim % (2 * groups) != 0:
             raise ValueError(f"dim {dim} must be divisible by 2 * num_groups = {2 * groups}")
         out_dim = dim + ctx_dim
-        self.dim, self.ctx_dim, self.kernel_size = dim, ctx_dim, kernel_size
+        self.dim, self.ctx_dim, self.kernel_size, self.dilation = dim, ctx_dim, kernel_size, dilation
         self.res_scale = res_scale
         self.scale = (dim // groups) ** -0.5
         # the first block takes the prior as its context; the others mix the two
         self.x_scale = None if is_first else LayerScale(ctx_dim, 1, **dd)
         self.h_scale = None if is_first else LayerScale(ctx_dim, 1, **dd)
-        self.dwconv1 = ResDWConv(out_dim, 3, **dd)
+        self.dwconv1 = ResDWConv(out_dim, 3, dilation=dilation, **dd)
         self.norm1 = LayerNorm2d(out_dim, **dd)
         self.fusion = nn.Sequential(
-            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim, **dd),
+            nn.Conv2d(out_dim, out_dim, 3, padding=dilation, dilation=dilation, groups=out_dim, **dd),
             nn.BatchNorm2d(out_dim, **dd),
             nn.GELU(),
             nn.Conv2d(out_dim, dim, 1, **dd),
@@ -104,19 +108,21 @@ class DynamicConvBlock(nn.Module):
         self.weight_key = key_projection(ctx_dim, dim, **dd)
         self.weight_proj = nn.Conv2d(REGION_GRID**2, kernel_size**2 + smk_size**2, 1, **dd)
         self.dyconv_proj = conv_bn(dim, dim, **dd)
-        self.lepe = nn.Sequential(DilatedRepConv(dim, kernel_size, deploy=deploy, **dd), nn.BatchNorm2d(dim, **dd))
+        self.lepe = nn.Sequential(
+            DilatedRepConv(dim, kernel_size, deploy=deploy, dilation=dilation, **dd), nn.BatchNorm2d(dim, **dd)
+        )
         self.se_layer = SEModule(dim, **dd)
         self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False, **dd), nn.BatchNorm2d(dim, **dd), nn.SiLU())
         self.proj = nn.Sequential(nn.BatchNorm2d(dim, **dd), nn.Conv2d(dim, out_dim, 1, **dd))
-        self.dwconv2 = ResDWConv(out_dim, 3, **dd)
+        self.dwconv2 = ResDWConv(out_dim, 3, dilation=dilation, **dd)
         self.norm2 = LayerNorm2d(out_dim, **dd)
-        self.mlp = nn.Sequential(*conv_ffn(out_dim, int(dim * mlp_ratio), out_dim, **dd))
+        self.mlp = nn.Sequential(*conv_ffn(out_dim, int(dim * mlp_ratio), out_dim, dilation=dilation, **dd))
         self.ls1 = LayerScale(out_dim, ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
         self.ls2 = LayerScale(out_dim, ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.rpb1 = nn.Parameter(torch.zeros(groups, 2 * smk_size - 1, 2 * smk_size - 1, **dd))
         self.rpb2 = nn.Parameter(torch.zeros(groups, 2 * kernel_size - 1, 2 * kernel_size - 1, **dd))
-        self.contmix = ContMix(kernel_size, smk_size, groups, contmix_backend)
+        self.contmix = ContMix(kernel_size, smk_size, groups, contmix_backend, dilation)
 
     def forward(self, x: Tensor, ctx: Tensor, ctx_prior: Tensor) -> Tensor:
         if self.x_scale is not None and self.h_scale is not None:
@@ -127,8 +133,9 @@ class DynamicConvBlock(nn.Module):
         x = self.fusion(fused)
         gate = self.gate(x)
         lepe = self.lepe(x)
-        value = resize_for_kernel(x, self.kernel_size)
-        query_src, key_src = resize_for_kernel(fused, self.kernel_size).split([self.dim, self.ctx_dim], dim=1)
+        window = self.kernel_size * self.dilation  # the span a dilated window needs
+        value = resize_for_kernel(x, window)
+        query_src, key_src = resize_for_kernel(fused, window).split([self.dim, self.ctx_dim], dim=1)
         mixed = self.contmix(
             value, self.weight_query(query_src) * self.scale, self.weight_key(key_src),
             self.weight_proj.weight, self.weight_proj.bias, self.rpb1, self.rpb2,
@@ -144,12 +151,13 @@ class DynamicConvBlock(nn.Module):
 
 
 class ContextDownsample(nn.Module):
-    """Stride-2 3x3 conv + BN on both the features and the context channels (Focus-Net stride 16 -> 32)."""
+    """Stride-2 3x3 conv + BN on both the features and the context channels (Focus-Net stride 16 -> 32); stride 1
+    and ``dilation`` under a dense backbone's ``output_stride``."""
 
-    def __init__(self, dim: int, out_dim: int, ctx_dim: int, **dd: Any):
+    def __init__(self, dim: int, out_dim: int, ctx_dim: int, stride: int = 2, dilation: int = 1, **dd: Any):
         super().__init__()
-        self.x_proj = conv_bn(dim, out_dim, 3, stride=2, **dd)
-        self.h_proj = conv_bn(ctx_dim, ctx_dim, 3, stride=2, **dd)
+        self.x_proj = conv_bn(dim, out_dim, 3, stride=stride, dilation=dilation, **dd)
+        self.h_proj = conv_bn(ctx_dim, ctx_dim, 3, stride=stride, dilation=dilation, **dd)
 
     def forward(self, x: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
         return self.x_proj(x), self.h_proj(ctx)

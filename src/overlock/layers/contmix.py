@@ -95,18 +95,23 @@ class ContMix(nn.Module):
     ``num_groups`` groups, each with a ``smk_size`` and a ``kernel_size`` kernel, applied to the two halves of
     the value channels. Per group, each token's affinities to the region keys are projected by ``proj_weight``
     (K^2 + k^2, 49) and ``proj_bias`` into the kernels' logits; ``rpb_small`` / ``rpb_large`` are the relative
-    position biases. ``backend`` names the kernel application's backend (see ``overlock.ops``).
+    position biases. ``backend`` names the kernel application's backend (see ``overlock.ops``). With ``dilation``
+    d both kernels take neighbours d apart (NATTEN's dilated neighbourhoods), for a dense backbone's
+    ``output_stride``.
     """
 
-    def __init__(self, kernel_size: int, smk_size: int, num_groups: int, backend: str = "auto"):
+    def __init__(self, kernel_size: int, smk_size: int, num_groups: int, backend: str = "auto", dilation: int = 1):
         super().__init__()
         self.kernel_size = kernel_size
         self.smk_size = smk_size
         self.num_groups = num_groups
         self.backend = check_backend_name(backend)
+        self.dilation = dilation
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, smk_size={self.smk_size}, groups={self.num_groups}, backend={self.backend}"
+        dilation = f", dilation={self.dilation}" if self.dilation != 1 else ""
+        return (f"kernel_size={self.kernel_size}, smk_size={self.smk_size}, groups={self.num_groups}, "
+                f"backend={self.backend}{dilation}")
 
     def forward(
         self, value: Tensor, query: Tensor, key: Tensor, proj_weight: Tensor, proj_bias: Optional[Tensor],
@@ -127,8 +132,8 @@ class ContMix(nn.Module):
         values = value.reshape(batch, 2, groups, per_group, height, width).permute(1, 0, 2, 4, 5, 3)
         out = torch.empty_like(value)  # the caller's layout
         halves = out.view(batch, 2, groups, per_group, height, width)
-        mixed_small = contmix_apply(small, values[0], self.smk_size, rpb_small, self.backend)
-        mixed_large = contmix_apply(large, values[1], self.kernel_size, rpb_large, self.backend)
+        mixed_small = contmix_apply(small, values[0], self.smk_size, rpb_small, self.backend, self.dilation)
+        mixed_large = contmix_apply(large, values[1], self.kernel_size, rpb_large, self.backend, self.dilation)
         halves[:, 0].copy_(mixed_small.permute(0, 1, 4, 2, 3))
         halves[:, 1].copy_(mixed_large.permute(0, 1, 4, 2, 3))
         return out
@@ -149,21 +154,21 @@ def key_projection(key_dim: int, dim: int, **dd: Any) -> nn.Sequential:
 
 
 def conv_bn(in_dim: int, out_dim: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-            bias: bool = False, **dd: Any) -> nn.Sequential:
+            bias: bool = False, dilation: int = 1, **dd: Any) -> nn.Sequential:
     """Conv + BatchNorm (3x3 with stride 2: the downsampling layers)."""
     return nn.Sequential(
-        nn.Conv2d(in_dim, out_dim, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups, bias=bias,
-                  **dd),
+        nn.Conv2d(in_dim, out_dim, kernel_size, stride=stride, padding=dilation * (kernel_size // 2),
+                  dilation=dilation, groups=groups, bias=bias, **dd),
         nn.BatchNorm2d(out_dim, **dd),
     )
 
 
-def conv_ffn(dim: int, hidden: int, out_dim: int, **dd: Any) -> list[nn.Module]:
+def conv_ffn(dim: int, hidden: int, out_dim: int, dilation: int = 1, **dd: Any) -> list[nn.Module]:
     """ConvFFN layers: 1x1 conv, GELU, residual 3x3 depthwise conv, GRN, 1x1 conv."""
     return [
         nn.Conv2d(dim, hidden, 1, **dd),
         nn.GELU(),
-        ResDWConv(hidden, 3, **dd),
+        ResDWConv(hidden, 3, dilation=dilation, **dd),
         GRN(hidden, **dd),
         nn.Conv2d(hidden, out_dim, 1, **dd),
     ]

@@ -38,13 +38,16 @@ class DepthwiseConv2d(nn.Conv2d):
 
 
 class ResDWConv(nn.Conv2d):
-    """Depthwise conv with a residual connection: ``x + dwconv(x)``."""
+    """Depthwise conv with a residual connection: ``x + dwconv(x)`` ('same' padding, optionally dilated)."""
 
-    def __init__(self, dim: int, kernel_size: int = 3, **dd: Any):
-        super().__init__(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim, **dd)
+    def __init__(self, dim: int, kernel_size: int = 3, dilation: int = 1, **dd: Any):
+        super().__init__(
+            dim, dim, kernel_size=kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation, groups=dim,
+            **dd,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + F.conv2d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
+        return x + F.conv2d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation, groups=self.groups)
 
     def kernel(self) -> Tensor:
         """The depthwise kernel of the whole function: the identity added to its centre tap."""
@@ -71,19 +74,21 @@ class DilatedRepConv(nn.Module):
     Children are (conv, BN) pairs in order: the large kernel (``lk_origin``, ``origin_bn``), then each dilated
     branch (``dil_conv_k{k}_{r}``, ``dil_bn_k{k}_{r}``), the official names; the output is the sum of the pairs.
     ``reparameterize()`` merges every pair into one large-kernel conv with bias (the deploy form, only
-    ``lk_origin``).
+    ``lk_origin``). ``dilation`` spreads the whole block out (for a dense backbone's ``output_stride``): every
+    conv's dilation is multiplied by it.
     """
 
-    def __init__(self, channels: int, kernel_size: int, deploy: bool = False, **dd: Any):
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False, dilation: int = 1, **dd: Any):
         super().__init__()
         if kernel_size not in DILATED_BRANCHES:
             raise ValueError(f"Dilated RepConv supports kernel sizes {sorted(DILATED_BRANCHES)}, got {kernel_size}")
         self.kernel_size = kernel_size
-        self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy, **dd)
+        self.dilation = dilation
+        self.lk_origin = DepthwiseConv2d(channels, kernel_size, dilation=dilation, bias=deploy, **dd)
         if not deploy:
             self.origin_bn = nn.BatchNorm2d(channels, **dd)
             for k, r in zip(*DILATED_BRANCHES[kernel_size]):
-                self.add_module(f"dil_conv_k{k}_{r}", DepthwiseConv2d(channels, k, dilation=r, **dd))
+                self.add_module(f"dil_conv_k{k}_{r}", DepthwiseConv2d(channels, k, dilation=r * dilation, **dd))
                 self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels, **dd))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -97,14 +102,15 @@ class DilatedRepConv(nn.Module):
         return branch if out is None else out
 
     def merged_kernel(self) -> tuple[Tensor, Tensor]:
-        """Weight and bias of the one large-kernel conv that computes this block in eval mode."""
+        """Weight and bias of the one large-kernel conv (``lk_origin``'s dilation) that computes this block in eval
+        mode."""
         layers = list(self.children())
         if len(layers) == 1:
             return self.lk_origin.weight, self.lk_origin.bias
         weight = bias = None
         for conv, bn in zip(layers[::2], layers[1::2]):
             branch_w, branch_b = fuse_conv_bn(conv.weight, conv.bias, bn)
-            dense = dilated_to_dense(branch_w, conv.dilation[0])
+            dense = dilated_to_dense(branch_w, conv.dilation[0] // self.dilation)
             dense = F.pad(dense, [(self.kernel_size - dense.shape[-1]) // 2] * 4)
             weight = dense if weight is None else weight + dense
             bias = branch_b if bias is None else bias + branch_b
@@ -116,7 +122,10 @@ class DilatedRepConv(nn.Module):
         if not hasattr(self, "origin_bn"):
             return
         weight, bias = self.merged_kernel()
-        merged = DepthwiseConv2d(weight.shape[0], self.kernel_size, bias=True, device=weight.device, dtype=weight.dtype)
+        merged = DepthwiseConv2d(
+            weight.shape[0], self.kernel_size, dilation=self.dilation, bias=True, device=weight.device,
+            dtype=weight.dtype,
+        )
         merged.weight.copy_(weight)
         merged.bias.copy_(bias)
         for name in [name for name, _ in self.named_children() if name != "lk_origin"]:

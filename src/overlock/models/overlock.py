@@ -10,7 +10,7 @@ follow the official implementation, so that its checkpoints load as they are.
 """
 
 import logging
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx
@@ -31,6 +31,7 @@ _logger = logging.getLogger(__name__)
 
 MIN_INPUT_SIZE = 32
 DENSE_FORMS = ("detection", "segmentation")
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 class CheckpointMismatchError(ValueError):
@@ -56,6 +57,35 @@ def resize_like(x: Tensor, reference: Tensor) -> Tensor:
 
 torch.fx.wrap("check_image_batch")
 torch.fx.wrap("resize_like")
+
+
+class StageGeometry(NamedTuple):
+    """Where a stage runs: the stride of its maps, the dilation of its spatial kernels, and the stride and dilation
+    of the layer that enters it (its downsampling conv)."""
+
+    reduction: int
+    dilation: int
+    entry_stride: int
+    entry_dilation: int
+
+
+def stage_geometry(output_stride: int = 32) -> List[StageGeometry]:
+    """Stages 1-4 of a network whose deepest maps stay at ``output_stride`` (8, 16 or 32).
+
+    As timm defines ``output_stride`` for its backbones: a downsampling layer that would take the maps past it runs
+    at stride 1 instead (with the dilation of the stage before it), and every spatial kernel after it is dilated by
+    the stride given up, so that each kernel still spans the same part of the image.
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+    stages = [StageGeometry(4, 1, 4, 1)]
+    for _ in range(3):
+        prev = stages[-1]
+        if prev.reduction * 2 <= output_stride:
+            stages.append(StageGeometry(prev.reduction * 2, prev.dilation, 2, prev.dilation))
+        else:
+            stages.append(StageGeometry(prev.reduction, prev.dilation * 2, 1, prev.dilation))
+    return stages
 
 
 # ---------------------------------------------------------------------- stages
@@ -129,6 +159,9 @@ class OverLoCK(nn.Module):
             4-32 pyramid with a LayerNorm on every level: 'detection' (the official Mask R-CNN backbone, which also
             fuses the Overview-Net output into stage 4) or 'segmentation' (the official UperNet backbone, without
             that fusion).
+        output_stride: stride of the deepest maps, 32 (the network as published), 16 or 8: the downsampling
+            layers past it run at stride 1 and the spatial kernels after them, ContMix's dynamic kernels included,
+            are dilated instead (see ``stage_geometry``; the parameters are the same, so any checkpoint loads).
         contmix_backend: the ContMix kernel application's backend ('auto', 'reference', 'cpu', 'triton').
         device, dtype: where and in which dtype to create the parameters.
     """
@@ -154,6 +187,7 @@ class OverLoCK(nn.Module):
         deploy: bool = False,
         with_aux_head: bool = True,
         dense_form: Optional[str] = None,
+        output_stride: int = 32,
         contmix_backend: str = "auto",
         device: Any = None,
         dtype: Any = None,
@@ -164,35 +198,42 @@ class OverLoCK(nn.Module):
             raise ValueError(f"dense_form must be None or one of {DENSE_FORMS}, got {dense_form!r}")
         d1, d2, d3, d4 = embed_dims
         ctx_dim = d4 // 4
+        geometry = stage_geometry(output_stride)
         self.in_chans = in_chans
         self.dense_form = dense_form
+        self.output_stride = output_stride
         self.drop_rate = drop_rate
         self.embed_dims = tuple(embed_dims)
         self.ctx_dim = ctx_dim
         self.num_features = d4 + ctx_dim
         self.head_hidden_size = projection
         self.feature_info = [
-            dict(num_chs=d1, reduction=4, module="blocks1"),
-            dict(num_chs=d2, reduction=8, module="blocks2"),
-            dict(num_chs=d3 + ctx_dim, reduction=16, module="sub_blocks3"),
-            dict(num_chs=d4 + ctx_dim, reduction=32, module="sub_blocks4"),
+            dict(num_chs=chs, reduction=g.reduction, module=module)
+            for chs, g, module in zip(
+                (d1, d2, d3 + ctx_dim, d4 + ctx_dim), geometry, ("blocks1", "blocks2", "sub_blocks3", "sub_blocks4")
+            )
         ]
 
         num_blocks = sum(depths) + sum(sub_depths)
         dpr = iter(torch.linspace(0, drop_path_rate, num_blocks, device="cpu").tolist())
 
         # Base-Net: stem, stages 1-3; Overview-Net: stage 4 and the context projection
+        def entry(in_dim: int, out_dim: int, stage: StageGeometry) -> nn.Module:
+            return conv_bn(in_dim, out_dim, 3, stride=stage.entry_stride, dilation=stage.entry_dilation, **dd)
+
         self.patch_embed1 = stem(in_chans, d1, **dd)
-        self.patch_embed2 = conv_bn(d1, d2, 3, stride=2, **dd)
-        self.patch_embed3 = conv_bn(d2, d3, 3, stride=2, **dd)
-        self.patch_embed4 = conv_bn(d3, d4, 3, stride=2, **dd)
+        self.patch_embed2 = entry(d1, d2, geometry[1])
+        self.patch_embed3 = entry(d2, d3, geometry[2])
+        self.patch_embed4 = entry(d3, d4, geometry[3])
         self.high_level_proj = nn.Conv2d(d4, ctx_dim, 1, **dd)
-        self.patch_embedx = ContextDownsample(d3, d4, ctx_dim, **dd)
+        self.patch_embedx = ContextDownsample(
+            d3, d4, ctx_dim, stride=geometry[3].entry_stride, dilation=geometry[3].entry_dilation, **dd
+        )
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
             stage = RepConvStage(*[
                 RepConvBlock(
                     dim, kernel_size=kernel_sizes[i], mlp_ratio=mlp_ratios[i], ls_init_value=ls_init_values[i],
-                    res_scale=res_scale, drop_path=next(dpr), deploy=deploy, **dd,
+                    res_scale=res_scale, drop_path=next(dpr), deploy=deploy, dilation=geometry[i].dilation, **dd,
                 )
                 for _ in range(depth)
             ])
@@ -206,7 +247,8 @@ class OverLoCK(nn.Module):
                     dim, ctx_dim, kernel_size=kernel_sizes[stage_index], smk_size=smk_size,
                     num_heads=sub_num_heads[j], mlp_ratio=sub_mlp_ratios[j],
                     ls_init_value=ls_init_values[stage_index], res_scale=res_scale, drop_path=next(dpr),
-                    is_first=(j == 0 and k == 0), deploy=deploy, contmix_backend=contmix_backend, **dd,
+                    is_first=(j == 0 and k == 0), deploy=deploy, contmix_backend=contmix_backend,
+                    dilation=geometry[stage_index].dilation, **dd,
                 )
                 for k in range(depth)
             ]

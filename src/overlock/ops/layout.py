@@ -17,10 +17,10 @@ def is_planar(x: Tensor) -> bool:
 def empty_like_layout(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Uninitialised dense (B, G, H, W, C) tensor, planar or channels-last as ``like`` is."""
     b, g, h, w, c = like.shape
-    kwargs = dict(dtype=dtype or like.dtype, device=like.device)
+    dtype = like.dtype if dtype is None else dtype
     if is_planar(like):
-        return torch.empty(b, g, c, h, w, **kwargs).permute(0, 1, 3, 4, 2)
-    return torch.empty(b, g, h, w, c, **kwargs)
+        return torch.empty(b, g, c, h, w, dtype=dtype, device=like.device).permute(0, 1, 3, 4, 2)
+    return torch.empty(b, g, h, w, c, dtype=dtype, device=like.device)
 
 
 def in_layout_of(x: Tensor, like: Tensor) -> Tensor:

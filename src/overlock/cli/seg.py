@@ -1,0 +1,175 @@
+"""``overlock seg``: semantic segmentation with the official UperNet.
+
+``overlock seg train``: train with a recipe preset (``upernet_overlock_t/s/b``: the official ADE20K recipe;
+``shapes``: a small UperNet on ``overlock data shapes`` output, minutes on a CPU); every field can be overridden.
+Several processes: ``torchrun --nproc_per_node N -m overlock.cli.main seg train ...``.
+
+``overlock seg validate``: mIoU, mAcc, aAcc and per-class IoU of a checkpoint (an official
+``upernet_overlock_*_ade20k.pth`` or a run's ``best.pth``) on a validation set, whole-image or sliding-window,
+optionally with flip and multi-scale testing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+
+from overlock.train.seg_config import SEG_PRESETS, SegTrainConfig, seg_preset
+
+_HELP = {
+    "backbone": "OverLoCK variant (timm name) under the UperNet",
+    "model_kwargs": "extra backbone arguments as JSON, e.g. '{\"output_stride\": 16}'",
+    "pretrained": "backbone checkpoint to start from (ImageNet weights, e.g. overlock_t_in1k_224.pth)",
+    "weights": "whole UperNet checkpoint to start from (official ADE20K weights or a run's)",
+    "dataset": "data layout: 'ade20k' (images|annotations/training|validation) or 'folder' "
+               "(images|masks/train|val, classes.txt)",
+    "aux_channels": "auxiliary head width (0: no auxiliary head)",
+    "global_batch": "images per optimizer step over all processes (gradients accumulated to reach it)",
+    "batch_size": "images per process and forward pass",
+    "amp": "mixed precision: none, bf16 or fp16",
+    "eval_every": "evaluate and checkpoint every N iterations",
+    "save_every": "also checkpoint every N iterations",
+    "max_steps": "stop after N iterations in all (resume later with --resume)",
+    "reduce_zero_label": "read mask value 0 as unlabelled and c as class c - 1 (default: for ADE20K)",
+}
+_CHOICES = {"amp": ("none", "bf16", "fp16"), "dataset": ("ade20k", "folder"), "test_mode": ("whole", "slide")}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="seg_command", required=True, metavar="{train,validate}")
+    _add_train(commands.add_parser("train", help="train an UperNet (official ADE20K recipe or a folder data set)"))
+    _add_validate(commands.add_parser("validate", help="mIoU, mAcc, aAcc and per-class IoU of a checkpoint"))
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=list(SEG_PRESETS), help="recipe to start from (default: the "
+                        "backbone's upernet_* preset, or upernet_overlock_t)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
+    hints = typing.get_type_hints(SegTrainConfig)
+    for f in dataclasses.fields(SegTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        extra = dict(default=argparse.SUPPRESS, help=_HELP.get(f.name))  # absent: keep the preset
+        options = typing.get_args(kind)
+        base = next((t for t in options if t is not type(None)), kind) if options else kind
+        if kind is bool or base is bool and type(None) in options:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
+        elif f.name == "model_kwargs":
+            parser.add_argument(flag, type=json.loads, **extra)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", **extra)
+        elif type(None) in options:  # optional field: 'none' on the command line gives None
+            parser.add_argument(flag, type=_none_or(base), **extra)
+        else:
+            parser.add_argument(flag, type=kind, choices=_CHOICES.get(f.name), **extra)
+
+
+def _none_or(kind: type):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="checkpoint: official upernet_overlock_*_ade20k.pth or a "
+                                                         "run's best.pth / last.pth")
+    parser.add_argument("--backbone", help="OverLoCK variant of the checkpoint (default: recognised from its keys)")
+    parser.add_argument("--data-dir", required=True, help="data set root (see --dataset)")
+    parser.add_argument("--dataset", choices=("ade20k", "folder"), default="ade20k", help="data layout")
+    parser.add_argument("--split", choices=("train", "val"), default="val")
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode")
+    parser.add_argument("--crop-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                        help="sliding-window size")
+    parser.add_argument("--stride", type=int, nargs=2, default=(341, 341), metavar=("H", "W"),
+                        help="sliding-window stride")
+    parser.add_argument("--scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
+                        help="test pipeline: fit images into LONG x SHORT (keeping the aspect ratio)")
+    parser.add_argument("--flip", action="store_true", help="add horizontally mirrored passes")
+    parser.add_argument("--ratios", type=float, nargs="+", default=(1.0,),
+                        help="scale ratios of the test pipeline (multi-scale: 0.5 0.75 1.0 1.25 1.5 1.75)")
+    parser.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
+                        help="read mask value 0 as unlabelled (default: for ADE20K)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from overlock.data.segmentation import SegmentationDataError
+    from overlock.models import CheckpointMismatchError
+    from overlock.train import CheckpointError, NonFiniteLossError
+
+    command = _train if args.seg_command == "train" else _validate
+    try:
+        return command(args)
+    except (CheckpointError, CheckpointMismatchError, NonFiniteLossError, SegmentationDataError, FileExistsError,
+            FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"overlock seg {args.seg_command}: {exc}") from exc
+
+
+def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
+    """The preset chosen by the arguments, with every given option applied on top."""
+    given = vars(args)
+    name = args.preset or next((p for p, c in SEG_PRESETS.items() if c.backbone == given.get("backbone")),
+                               "upernet_overlock_t")
+    fields = {f.name for f in dataclasses.fields(SegTrainConfig)}
+    changes = {k: v for k, v in given.items() if k in fields}
+    base = seg_preset(name)
+    if changes.get("backbone", base.backbone) != base.backbone:  # the preset's model arguments belong to its model
+        changes.setdefault("model_kwargs", {})
+    return base.updated(**changes)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from overlock.train.seg_engine import RESUME_OVERRIDABLE, train_segmentation
+
+    cfg = config_from_args(args)
+    overrides = None
+    if args.resume:
+        fields = {f.name for f in dataclasses.fields(SegTrainConfig)}
+        ignored = sorted(k for k in vars(args) if k in fields and k not in RESUME_OVERRIDABLE)
+        if ignored:
+            print(f"--resume continues the run with its own settings; ignoring: {', '.join(ignored)}")
+        overrides = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDABLE and k != "output"}
+    summary = train_segmentation(cfg, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
+    final = summary["final"]
+    if final:
+        print(f"{summary['backbone']} UperNet: mIoU {final['mIoU']:.2f}  mAcc {final['mAcc']:.2f}  "
+              f"aAcc {final['aAcc']:.2f}  ({summary['steps']} iterations, {summary['train_seconds']:.0f} s)")
+    print(f"run folder: {cfg.output} (metrics.csv, per_class.csv, summary.json, curves.png, last/best checkpoints)")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import torch
+
+    from overlock.data.segmentation import SegmentationDataset
+    from overlock.segmentation import SegInference, load_segmenter
+    from overlock.train.distributed import init_distributed
+    from overlock.train.seg_engine import evaluate_segmentation
+
+    loaded = load_segmenter(args.weights, args.backbone)
+    dataset = SegmentationDataset(args.data_dir, args.split, args.dataset, classes=loaded.classes,
+                                  reduce_zero_label=args.reduce_zero_label)
+    if dataset.num_classes != loaded.model.num_classes:
+        raise ValueError(f"the data set has {dataset.num_classes} classes, the model {loaded.model.num_classes}")
+    settings = SegInference(mode=args.mode, crop_size=tuple(args.crop_size), stride=tuple(args.stride),
+                            scale=tuple(args.scale), ratios=tuple(args.ratios), flip=args.flip)
+    info = init_distributed()
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    result = evaluate_segmentation(loaded.model.to(info.device), dataset, settings, info, args.workers, amp)
+    if info.is_main:
+        print(f"{'class':<24} {'IoU':>7} {'Acc':>7}")
+        for name, values in result["per_class"].items():
+            print(f"{name:<24} {values['IoU']:>7.2f} {values['Acc']:>7.2f}")
+        print(f"\naAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}  "
+              f"({result['images']} images, {result['skipped']} skipped; {settings.mode}, ratios "
+              f"{list(settings.ratios)}{', flip' if settings.flip else ''}; {loaded.description})")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+    return 0
