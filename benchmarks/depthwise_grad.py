@@ -1,6 +1,7 @@
 """The depthwise convolution op on CPUs against PyTorch's own convolution, at OverLoCK-XT's shapes (batch 8,
-224 px, channels-last): a large kernel's forward and backward (the op's weight gradient by correlation), and a
-dilated branch's forward (the op runs it as a dense kernel). Medians of round-robin rounds in one process.
+224 px, channels-last), forward alone and forward + backward: the large kernels (the op's weight gradient by
+correlation) and some dilated branches (the op runs them as dense kernels). Medians of round-robin rounds in one
+process.
 
     python benchmarks/depthwise_grad.py --threads 2 --iters 9
 """
@@ -31,30 +32,27 @@ def main() -> None:
     print(f"{'channels, map, kernel, dilation':<34} {'pass':<17} {'PyTorch':>8} {'op':>8} {'speed-up':>9}")
     for channels, size, kernel, dilation in SHAPES:
         x = torch.randn(args.batch_size, channels, size, size).contiguous(memory_format=torch.channels_last)
-        x.requires_grad_()
-        w = torch.randn(channels, 1, kernel, kernel, requires_grad=True)
+        w = torch.randn(channels, 1, kernel, kernel)
         pad = dilation * (kernel - 1) // 2
-        backward = dilation == 1
+        for backward in (False, True):
+            x.requires_grad_(backward)
+            w.requires_grad_(backward)
 
-        def plain():
-            y = F.conv2d(x, w, padding=pad, dilation=dilation, groups=channels)
-            if backward:
-                y.sum().backward()
+            def plain():
+                y = F.conv2d(x, w, padding=pad, dilation=dilation, groups=channels)
+                if backward:
+                    y.sum().backward()
 
-        def ours():
-            y = depthwise_conv2d(x, w, None, pad, dilation)
-            if backward:
-                y.sum().backward()
+            def ours():
+                y = depthwise_conv2d(x, w, None, pad, dilation)
+                if backward:
+                    y.sum().backward()
 
-        if not backward:
-            x.requires_grad_(False)
-            w.requires_grad_(False)
-        times = time_round_robin([plain, ours], warmup=1, iters=args.iters)
-        medians = [1000 * statistics.median(t) for t in times]
-        name = "forward+backward" if backward else "forward"
-        print(f"{f'{channels}, {size}x{size}, {kernel}x{kernel}, {dilation}':<34} {name:<17} {medians[0]:>8.1f} "
-              f"{medians[1]:>8.1f} {medians[0] / medians[1]:>8.2f}x")
-
+            times = time_round_robin([plain, ours], warmup=1, iters=args.iters)
+            medians = [1000 * statistics.median(t) for t in times]
+            name = "forward+backward" if backward else "forward"
+            print(f"{f'{channels}, {size}x{size}, {kernel}x{kernel}, {dilation}':<34} {name:<17} {medians[0]:>8.1f} "
+                  f"{medians[1]:>8.1f} {medians[0] / medians[1]:>8.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""The depthwise convolution op (fast CPU weight gradient, dilated kernels as dense ones) and the residual
+"""The depthwise convolution op (fast CPU weight gradient; dilated kernels as PyTorch runs them) and the residual
 depthwise conv, against PyTorch's own convolution; the kernel padding the inference conversion uses."""
 from __future__ import annotations
 

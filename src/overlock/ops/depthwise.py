@@ -1,13 +1,10 @@
 """Stride-1 'same' depthwise convolution as the custom op ``overlock::depthwise_conv2d``.
 
-The forward pass is PyTorch's convolution; what the op adds is speed on CPUs, with the same sums:
-
-- A dilated kernel runs as its dense (zero-filled) equivalent, which oneDNN computes about ten times faster
-  than its dilated form.
-- The weight gradient of a large kernel (13x13 and up) is computed as one grouped correlation: for channel
-  ``c``, ``dW[c, a, b] = sum_{n, i, j} x_pad[n, c, i + a, j + b] * dy[n, c, i, j]``, the padded input correlated
-  with the output gradient used as an (H x W) kernel, one group per (channel, sample). PyTorch's generic CPU
-  weight gradient takes longer for 13x13 to 17x17 kernels (``python benchmarks/depthwise_grad.py``).
+The forward pass is PyTorch's convolution; what the op adds is speed on CPUs, with the same sums: the weight
+gradient of a large kernel (13x13 and up) is computed as one grouped correlation. For channel ``c``,
+``dW[c, a, b] = sum_{n, i, j} x_pad[n, c, i + a, j + b] * dy[n, c, i, j]``: the padded input correlated with the
+output gradient used as an (H x W) kernel, one group per (channel, sample). PyTorch's generic CPU weight gradient
+takes 2-5x longer for 13x13 to 17x17 kernels (``python benchmarks/depthwise_grad.py``).
 
 On other devices the op runs PyTorch's own convolution and gradients. Registered with a fake kernel and an
 autograd formula, so it traces, scripts, compiles and exports as one node.
@@ -41,18 +38,10 @@ def _output_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last
 
 
-def _kernel_and_dilation(x: Tensor, weight: Tensor, dilation: int) -> tuple[Tensor, int]:
-    """What the convolution runs with: on CPUs a dilated kernel as its dense equivalent."""
-    if x.device.type == "cpu":
-        return dilated_to_dense(weight, dilation), 1
-    return weight, dilation
-
-
 @torch.library.custom_op("overlock::depthwise_conv2d", mutates_args=())
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, dilation: int) -> Tensor:
     """Depthwise convolution of ``x`` (N, C, H, W) with a (C, 1, k, k) ``weight``, stride 1."""
-    kernel, rate = _kernel_and_dilation(x, weight, dilation)
-    out = F.conv2d(x, kernel, bias, padding=padding, dilation=rate, groups=x.shape[1])
+    out = F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
     return out.contiguous(memory_format=_output_format(x))
 
 
@@ -83,18 +72,15 @@ def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
 def _backward(ctx, grad_out: Tensor):
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    kernel, rate = _kernel_and_dilation(x, weight, ctx.dilation)
     grad_x = grad_w = grad_b = None
-    big = x.device.type == "cpu" and kernel.shape[-1] >= MIN_KERNEL_FOR_CORRELATION
+    big = x.device.type == "cpu" and ctx.dilation == 1 and weight.shape[-1] >= MIN_KERNEL_FOR_CORRELATION
     if need_x or (need_w and not big):
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_out, x, kernel, None, [1, 1], [ctx.padding] * 2, [rate] * 2, False, [0, 0], x.shape[1],
+            grad_out, x, weight, None, [1, 1], [ctx.padding] * 2, [ctx.dilation] * 2, False, [0, 0], x.shape[1],
             [need_x, need_w and not big, False],
         )
     if need_w and big:
-        grad_w = correlation_weight_grad(x, grad_out, kernel.shape[-1], ctx.padding).to(weight.dtype)
-    if need_w and rate != ctx.dilation:  # the dense kernel's gradient, read back at the dilated taps
-        grad_w = grad_w[..., :: ctx.dilation, :: ctx.dilation]
+        grad_w = correlation_weight_grad(x, grad_out, weight.shape[-1], ctx.padding).to(weight.dtype)
     if ctx.has_bias and need_b:
         grad_b = grad_out.sum((0, 2, 3))
     return grad_x, grad_w, grad_b, None, None
