@@ -3,10 +3,8 @@ the run folder, ``overlock seg validate`` on the run's checkpoint, and bad data 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from overlock.cli.main import main
 from overlock.data.shapes import write_shapes_dataset
 from overlock.train.seg_config import seg_preset
 from overlock.train.seg_engine import train_segmentation
+from probes import start_and_kill_at_step
 
 SMALL = ["--backbone", "test_overlock", "--model-kwargs", '{"kernel_sizes": [5, 5, 5, 5], "sub_depths": [1, 1]}',
          "--channels", "16", "--aux-channels", "8", "--crop-size", "32", "--train-scale", "40", "32",
@@ -49,18 +48,8 @@ def test_a_small_upernet_learns_the_shapes(tmp_path):
 def test_killed_run_resumes_to_the_same_end(shapes, tmp_path):
     assert main(seg_args(shapes, tmp_path / "ref")) == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "overlock.cli.main",
-                             *seg_args(shapes, killed, "--save-every", "1")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = killed / "last.pth"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists() and torch.load(last, weights_only=True)["step"] >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    start_and_kill_at_step(seg_args(shapes, killed, "--save-every", "1"), last, 3, timeout=300)
     interrupted = torch.load(last, weights_only=True)  # every part loads weights-only
     assert 3 <= interrupted["step"] < 10
     assert main(["seg", "train", "--output", str(killed), "--resume", "--save-every", "0"]) == 0

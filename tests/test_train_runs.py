@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch
 from PIL import Image
 
 from overlock.train import CheckpointError, NonFiniteLossError, TrainConfig, train
+from probes import start_and_kill_at_step
 
 TINY = dict(kernel_sizes=[5, 5, 5, 5], sub_depths=[1, 1])
 
@@ -53,7 +52,7 @@ def cli_args(cfg: TrainConfig) -> list[str]:
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "last.pth", weights_only=False)["model"]
+    return torch.load(run / "last.pth", weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +64,9 @@ def test_resume_after_kill_9_matches_uninterrupted_run(data, tmp_path):
     reference = tiny_config(data, tmp_path / "ref", epochs=5)  # long enough to be killed mid-run
     expected = train(reference)
     killed = reference.updated(output=str(tmp_path / "killed"), save_every=1)
-    proc = subprocess.Popen([sys.executable, "-m", "overlock.cli.main", *cli_args(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = Path(killed.output) / "last.pth"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists() and torch.load(last, weights_only=False)["step"] >= 4:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    interrupted = torch.load(last, weights_only=False)
+    start_and_kill_at_step(cli_args(killed), last, 4, timeout=120)
+    interrupted = torch.load(last, weights_only=True)
     assert {**interrupted["config"], "output": reference.output, "save_every": 0} == dataclasses.asdict(reference)
     assert interrupted["step"] < expected["steps"], "the run finished before it could be killed"
     assert interrupted["micro_in_epoch"] > 0 or interrupted["epoch"] > 0
@@ -103,7 +93,7 @@ def test_run_folder_outputs(data, tmp_path):
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[0].startswith("epoch,step,lr")
     assert summary["epochs"] == 2 and summary["steps"] == 2 * (24 // 4)
-    state = torch.load(run / "last.pth", weights_only=False)
+    state = torch.load(run / "last.pth", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "rng"} <= set(state)
 
 
@@ -169,6 +159,6 @@ def test_two_processes_train_the_same_model_as_one(data, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
-    assert torch.load(tmp_path / "two" / "last.pth", weights_only=False)["step"] == 24 // 8
+    assert torch.load(tmp_path / "two" / "last.pth", weights_only=True)["step"] == 24 // 8
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)

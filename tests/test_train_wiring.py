@@ -100,7 +100,7 @@ def data(tmp_path_factory):
 
 
 def _weights(run) -> dict[str, torch.Tensor]:
-    return torch.load(run / "last.pth", weights_only=False)["model"]
+    return torch.load(run / "last.pth", weights_only=True)["model"]
 
 
 def test_gradient_accumulation_and_checkpointing_match_one_big_batch(data, tmp_path):
@@ -119,7 +119,7 @@ def test_gradient_accumulation_and_checkpointing_match_one_big_batch(data, tmp_p
 def test_mixed_precision_runs(data, tmp_path, amp):
     summary = train(tiny_config(data, tmp_path / amp, epochs=1, amp=amp))
     assert summary["steps"] == 6 and math.isfinite(summary["final"]["loss"])
-    scaler = torch.load(tmp_path / amp / "last.pth", weights_only=False)["scaler"]
+    scaler = torch.load(tmp_path / amp / "last.pth", weights_only=True)["scaler"]
     assert bool(scaler) == (amp == "fp16")  # the loss scaler is only used (and saved) for fp16
 
 
@@ -156,7 +156,7 @@ def test_mismatched_checkpoints_give_clear_errors(data, tmp_path):
     cfg = tiny_config(data, tmp_path / "run", epochs=1)
     train(cfg)
     last = tmp_path / "run" / "last.pth"
-    state = torch.load(last, weights_only=False)
+    state = torch.load(last, weights_only=True)
     state["model"].pop("head.4.weight")
     torch.save(state, last)
     with pytest.raises(CheckpointError, match="does not match this run's model"):
@@ -171,7 +171,7 @@ def test_fine_tuning_from_a_run_checkpoint_with_new_classes(data, tmp_path):
     best = tmp_path / "first" / "best.pth"
     cfg = TrainConfig(model="test_overlock", model_kwargs=TINY, pretrained=str(best), drop_path=0.0)
     model = build_model(cfg, num_classes=5)
-    source = torch.load(best, weights_only=False)["model"]
+    source = torch.load(best, weights_only=True)["model"]
     assert model.head[4].weight.shape[0] == 5
     torch.testing.assert_close(model.patch_embed1[0].weight, source["patch_embed1.0.weight"])
 

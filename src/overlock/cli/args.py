@@ -6,8 +6,9 @@ accept the name as their first positional argument, their earlier form.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 MODEL_HELP = "timm model name, e.g. overlock_t (optional with a checkpoint of an overlock train run)"
 
@@ -53,3 +54,22 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see '{self.prog} -h')\n")
+
+
+def preset_with_options(base: Any, given: dict[str, Any], model_field: str) -> Any:
+    """The preset ``base`` (a config dataclass with ``updated``) with every option in ``given`` that names one of
+    its fields applied; where the options change its model, the preset's model arguments are dropped with it."""
+    fields = {f.name for f in dataclasses.fields(base)}
+    changes = {k: v for k, v in given.items() if k in fields}
+    if changes.get(model_field, getattr(base, model_field)) != getattr(base, model_field):
+        changes.setdefault("model_kwargs", {})
+    return base.updated(**changes)
+
+
+def none_or(kind: type) -> Callable[[str], Any]:
+    """An argparse type: 'none' (any case) for None, else the value parsed by ``kind``."""
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse

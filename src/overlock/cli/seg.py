@@ -17,6 +17,8 @@ import typing
 
 from overlock.train.seg_config import SEG_PRESETS, SegTrainConfig, seg_preset
 
+from .args import none_or, preset_with_options
+
 _HELP = {
     "backbone": "OverLoCK variant (timm name) under the UperNet",
     "model_kwargs": "extra backbone arguments as JSON, e.g. '{\"output_stride\": 16}'",
@@ -61,17 +63,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         elif typing.get_origin(kind) is list:
             parser.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", **extra)
         elif type(None) in options:  # optional field: 'none' on the command line gives None
-            parser.add_argument(flag, type=_none_or(base), **extra)
+            parser.add_argument(flag, type=none_or(base), **extra)
         else:
             parser.add_argument(flag, type=kind, choices=_CHOICES.get(f.name), **extra)
-
-
-def _none_or(kind: type):
-    def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def _add_validate(parser: argparse.ArgumentParser) -> None:
@@ -116,12 +110,7 @@ def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
     given = vars(args)
     name = args.preset or next((p for p, c in SEG_PRESETS.items() if c.backbone == given.get("backbone")),
                                "upernet_overlock_t")
-    fields = {f.name for f in dataclasses.fields(SegTrainConfig)}
-    changes = {k: v for k, v in given.items() if k in fields}
-    base = seg_preset(name)
-    if changes.get("backbone", base.backbone) != base.backbone:  # the preset's model arguments belong to its model
-        changes.setdefault("model_kwargs", {})
-    return base.updated(**changes)
+    return preset_with_options(seg_preset(name), given, "backbone")
 
 
 def _train(args: argparse.Namespace) -> int:

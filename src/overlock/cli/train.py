@@ -13,6 +13,8 @@ import typing
 
 from overlock.train.config import PRESETS, TrainConfig, preset
 
+from .args import none_or, preset_with_options
+
 _HELP = {
     "model": "timm model name (any timm model works, for comparisons)",
     "model_kwargs": "extra model arguments as JSON, e.g. '{\"kernel_sizes\": [5, 5, 5, 5]}'",
@@ -50,21 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             options = typing.get_args(kind)
             if type(None) in options:  # optional field: 'none' on the command line gives None
                 base = next(t for t in options if t is not type(None))
-                parser.add_argument(flag, type=_none_or(base), **extra)
+                parser.add_argument(flag, type=none_or(base), **extra)
             else:
                 parser.add_argument(flag, type=kind, choices=_CHOICES.get(f.name), **extra)
     parser.epilog = (
         "Default preset: the --model's own preset when it has one (overlock_xt/t/s/b: the paper's ImageNet "
         "recipe), 'fashion_mnist' when no --data-dir is given, else overlock_xt."
     )
-
-
-def _none_or(kind: type):
-    def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -78,12 +72,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             name = "fashion_mnist"
         else:
             name = "overlock_xt"
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    changes = {k: v for k, v in given.items() if k in fields}  # 'none' given on the command line stays None
-    base = preset(name)
-    if changes.get("model", base.model) != base.model:  # the preset's model arguments belong to its model
-        changes.setdefault("model_kwargs", {})
-    return base.updated(**changes)
+    return preset_with_options(preset(name), given, "model")  # 'none' given on the command line stays None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ inference conversion can put a fused module in its place.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.fx
@@ -88,6 +88,25 @@ torch.fx.wrap("resize_for_kernel")
 torch.fx.wrap("pool_to_size_of")
 
 
+def grouped_query_and_key(query: Tensor, key: Tensor, proj_weight: Tensor, groups: int) -> Tuple[Tensor, Tensor]:
+    """The query per group as (B, G, HW, c), and the region keys projected by ``proj_weight`` per group as
+    (B, G, c, k^2 + K^2): their product is the kernels' logits."""
+    batch = query.shape[0]
+    query = query.reshape(batch, groups, query.shape[1] // groups, -1).transpose(-1, -2)
+    key = key.reshape(batch, groups, key.shape[1] // groups, -1)  # (B, G, c, 49)
+    return query, key @ proj_weight.flatten(1).t()
+
+
+def value_halves(value: Tensor, groups: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """The value (B, C, H, W) as two halves of (B, G, H, W, C / 2G), one per kernel size; an output map in the
+    value's layout; and that output's view as the two halves (B, 2, G, C / 2G, H, W) to write them into."""
+    batch, channels, height, width = value.shape
+    per_group = channels // (2 * groups)
+    values = value.reshape(batch, 2, groups, per_group, height, width).permute(1, 0, 2, 4, 5, 3)
+    out = torch.empty_like(value)  # the caller's layout
+    return values, out, out.view(batch, 2, groups, per_group, height, width)
+
+
 @register_notrace_module  # shape checks in the op: a leaf for timm's fx tracing
 class ContMix(nn.Module):
     """The dynamic-kernel mixing of ContMix.
@@ -118,20 +137,15 @@ class ContMix(nn.Module):
         rpb_small: Tensor, rpb_large: Tensor,
     ) -> Tensor:
         """Mix ``value`` (B, C, H, W) with kernels from ``query`` (B, C/2, H, W) and region ``key`` (B, C/2, 7, 7)."""
-        batch, channels, height, width = value.shape
-        groups = self.num_groups
-        query = query.reshape(batch, groups, -1, height * width).transpose(-1, -2)  # (B, G, HW, c)
-        key = key.reshape(batch, groups, key.shape[1] // groups, -1)  # (B, G, c, 49)
+        batch, _, height, width = value.shape
+        query, key_proj = grouped_query_and_key(query, key, proj_weight, self.num_groups)
         # (query . key) @ proj^T computed as query . (key @ proj^T): the same sums, a third of the arithmetic
-        logits = query @ (key @ proj_weight.flatten(1).t())  # (B, G, HW, k^2 + K^2)
+        logits = query @ key_proj  # (B, G, HW, k^2 + K^2)
         if proj_bias is not None:
             logits = logits + proj_bias
-        logits = logits.reshape(batch, groups, height, width, -1)
+        logits = logits.reshape(batch, self.num_groups, height, width, -1)
         small, large = logits.split([self.smk_size * self.smk_size, self.kernel_size * self.kernel_size], dim=-1)
-        per_group = channels // (2 * groups)
-        values = value.reshape(batch, 2, groups, per_group, height, width).permute(1, 0, 2, 4, 5, 3)
-        out = torch.empty_like(value)  # the caller's layout
-        halves = out.view(batch, 2, groups, per_group, height, width)
+        values, out, halves = value_halves(value, self.num_groups)
         mixed_small = contmix_apply(small, values[0], self.smk_size, rpb_small, self.backend, self.dilation)
         mixed_large = contmix_apply(large, values[1], self.kernel_size, rpb_large, self.backend, self.dilation)
         halves[:, 0].copy_(mixed_small.permute(0, 1, 4, 2, 3))

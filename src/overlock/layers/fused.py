@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..ops import relative_position_bias
 from ..ops.shapes import check_window
+from .contmix import grouped_query_and_key, value_halves
 
 ACTIVATIONS = ("none", "gelu", "silu")
 # oneDNN's names of the element-wise operations its convolution can apply to its output
@@ -168,17 +169,12 @@ class FusedContMix(InferenceModule):
         self, value: Tensor, query: Tensor, key: Tensor, proj_weight: Tensor, proj_bias: Optional[Tensor],
         rpb_small: Tensor, rpb_large: Tensor,
     ) -> Tensor:
-        batch, channels, height, width = value.shape
+        _, _, height, width = value.shape
         groups = self.num_groups
-        query = query.reshape(batch, groups, -1, height * width).transpose(-1, -2)  # (B, G, HW, c)
-        key = key.reshape(batch, groups, key.shape[1] // groups, -1)  # (B, G, c, 49)
-        key_proj = key @ proj_weight.flatten(1).t()  # (B, G, c, k^2 + K^2)
+        query, key_proj = grouped_query_and_key(query, key, proj_weight, groups)
         sizes = [self.smk_size * self.smk_size, self.kernel_size * self.kernel_size]
         biases = proj_bias.split(sizes) if proj_bias is not None else (None, None)
-        per_group = channels // (2 * groups)
-        values = value.reshape(batch, 2, groups, per_group, height, width).permute(1, 0, 2, 4, 5, 3)
-        out = torch.empty_like(value)
-        halves = out.view(batch, 2, groups, per_group, height, width)
+        values, out, halves = value_halves(value, groups)
         for half, (size, key_part, bias, rpb) in enumerate(
             zip((self.smk_size, self.kernel_size), key_proj.split(sizes, dim=-1), biases, (rpb_small, rpb_large))
         ):

@@ -555,6 +555,18 @@ def _summarise(keys: Iterable[str], limit: int = 12) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
+def mismatch_report(title: str, missing: set[str], unexpected: set[str], mis_shaped: set[str]) -> List[str]:
+    """The lines of a checkpoint-mismatch error: the title, then the missing, unexpected and mis-shaped keys."""
+    lines = [title]
+    if missing:
+        lines.append(f"missing keys: {_summarise(missing)}")
+    if unexpected:
+        lines.append(f"unexpected keys: {_summarise(unexpected)}")
+    if mis_shaped:
+        lines.append(f"shape mismatches: {_summarise(mis_shaped, limit=6)}")
+    return lines
+
+
 def _form_hint(missing: set[str], unexpected: set[str]) -> Optional[str]:
     """What the checkpoint is, when its keys say it is another form of the model."""
     def dilated(keys: set[str]) -> bool:
@@ -601,13 +613,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: OverLoCK) -> dict[st
         if k in target and fits(k) and v.shape != target[k].shape
     }
     if missing or unexpected or mis_shaped:
-        lines = ["checkpoint does not fit the model"]
-        if missing:
-            lines.append(f"missing keys: {_summarise(missing)}")
-        if unexpected:
-            lines.append(f"unexpected keys: {_summarise(unexpected)}")
-        if mis_shaped:
-            lines.append(f"shape mismatches: {_summarise(mis_shaped, limit=6)}")
+        lines = mismatch_report("checkpoint does not fit the model", missing, unexpected, mis_shaped)
         hint = _form_hint(missing, unexpected)
         if hint:
             lines.append(f"hint: {hint}")

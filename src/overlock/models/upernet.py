@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from .overlock import CheckpointMismatchError, OverLoCK, _summarise
+from .overlock import CheckpointMismatchError, OverLoCK, mismatch_report
 
 __all__ = [
     "UPERNET_VARIANTS", "FCNHead", "UPerHead", "UperNet", "create_upernet", "load_upernet_checkpoint",
@@ -281,13 +281,7 @@ def check_fits(state_dict: dict[str, Tensor], model: nn.Module, source: Union[st
                   for k, v in state_dict.items() if k in target and v.shape != target[k].shape}
     if not (missing or unexpected or mis_shaped):
         return
-    lines = [f"{source} does not fit the UperNet model"]
-    if missing:
-        lines.append(f"missing keys: {_summarise(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys: {_summarise(unexpected)}")
-    if mis_shaped:
-        lines.append(f"shape mismatches: {_summarise(mis_shaped, limit=6)}")
+    lines = mismatch_report(f"{source} does not fit the UperNet model", missing, unexpected, mis_shaped)
     if any(k.startswith("backbone.h_proj.") or k.startswith("backbone.extra_norm.4.") for k in unexpected):
         lines.append("hint: this is a detection (Mask R-CNN) checkpoint: its backbone fuses the Overview-Net into "
                      "stage 4, which the segmentation backbone does not")

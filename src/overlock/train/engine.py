@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -356,12 +356,7 @@ def train(
             bar.update(1)
             if not boundary:
                 continue
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, scaler, cfg.clip_grad)
             step += 1
             scheduler.step_update(step)
             if ema is not None:
@@ -430,32 +425,58 @@ def _save_weights(model: nn.Module, info: dict[str, Any], stem: Path) -> None:
     save_run_weights(weights, info, stem.with_suffix(".safetensors"))
 
 
-def plot_curves(out: Path) -> None:
-    """Training loss per step and validation top-1 per epoch, from the run's CSV logs, as curves.png."""
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, clip_grad: Optional[float]) -> None:
+    """One optimizer step from the accumulated (scaled) gradients: unscaled and clipped to ``clip_grad`` when
+    set, stepped through the gradient scaler, then cleared."""
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def read_run_log(out: Path, name: str) -> list[dict[str, str]]:
+    """The rows of one of a run's CSV logs (none where it does not exist yet)."""
+    path = out / name
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def save_two_panel_curves(out: Path, draw_loss: Callable[[Any], None], draw_metric: Callable[[Any], None]) -> None:
+    """``out/curves.png``: a loss panel and a validation-metric panel, each drawn by its callback on its axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def read(name: str) -> list[dict[str, str]]:
-        path = out / name
-        return list(csv.DictReader(path.open())) if path.exists() else []
-
-    steps, epochs = read("steps.csv"), read("metrics.csv")
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, alpha=0.6,
-                 label="train (step)")
-    epoch_steps = [int(r["step"]) for r in epochs]
-    ax_loss.plot(epoch_steps, [float(r["train_loss"]) for r in epochs], "o-", label="train (epoch)")
-    ax_loss.plot(epoch_steps, [float(r["val_loss"]) for r in epochs], "s--", label="validation")
-    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
-    ax_loss.legend()
-    ax_acc.plot([int(r["step"]) for r in epochs], [float(r["val_top1"]) for r in epochs], "o-", label="top-1")
-    ax_acc.plot([int(r["step"]) for r in epochs], [float(r["val_top5"]) for r in epochs], "s--", label="top-5")
-    ax_acc.set(xlabel="step", ylabel="validation accuracy (%)", title="accuracy")
-    ax_acc.legend()
-    for ax in (ax_loss, ax_acc):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for draw, ax in zip((draw_loss, draw_metric), axes):
+        draw(ax)
+        ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
+
+
+def plot_curves(out: Path) -> None:
+    """Training loss per step and validation top-1 per epoch, from the run's CSV logs, as curves.png."""
+    steps, epochs = read_run_log(out, "steps.csv"), read_run_log(out, "metrics.csv")
+    epoch_steps = [int(r["step"]) for r in epochs]
+
+    def loss(ax) -> None:
+        ax.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, alpha=0.6,
+                label="train (step)")
+        ax.plot(epoch_steps, [float(r["train_loss"]) for r in epochs], "o-", label="train (epoch)")
+        ax.plot(epoch_steps, [float(r["val_loss"]) for r in epochs], "s--", label="validation")
+        ax.set(xlabel="step", ylabel="loss", title="loss")
+
+    def accuracy(ax) -> None:
+        ax.plot(epoch_steps, [float(r["val_top1"]) for r in epochs], "o-", label="top-1")
+        ax.plot(epoch_steps, [float(r["val_top5"]) for r in epochs], "s--", label="top-5")
+        ax.set(xlabel="step", ylabel="validation accuracy (%)", title="accuracy")
+
+    save_two_panel_curves(out, loss, accuracy)

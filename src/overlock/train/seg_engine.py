@@ -10,7 +10,6 @@ mIoU evaluation every ``eval_every`` iterations.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -32,7 +31,7 @@ from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic
 from .distributed import DistInfo, all_reduce_sum, init_distributed, sync_batchnorm
 from .engine import (
     AMP_DTYPES, NonFiniteLossError, _changed_classes_message, _CsvLog, _restore_rng, _rng_state, _seed_step,
-    _tensorboard, prepare_output,
+    _tensorboard, optimizer_step, prepare_output, read_run_log, save_two_panel_curves,
 )
 from .sampler import EpochSampler
 from .seg_config import SegTrainConfig, build_optimizer, build_segmenter, poly_lr
@@ -100,31 +99,20 @@ def evaluate_segmentation(model: nn.Module, dataset: SegmentationDataset, settin
 
 def plot_seg_curves(out: Path) -> None:
     """Training loss per step and validation mIoU / mAcc per evaluation, from the run's CSV logs, as curves.png."""
-    import matplotlib
+    steps, evals = read_run_log(out, "steps.csv"), read_run_log(out, "metrics.csv")
+    eval_steps = [int(r["step"]) for r in evals]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def loss(ax) -> None:
+        ax.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, label="train (step)")
+        ax.plot(eval_steps, [float(r["train_loss"]) for r in evals], "o-", label="train (mean since last evaluation)")
+        ax.set(xlabel="iteration", ylabel="loss (decode + 0.4 aux)", title="loss")
 
-    def read(name: str) -> list[dict[str, str]]:
-        path = out / name
-        return list(csv.DictReader(path.open())) if path.exists() else []
+    def metrics(ax) -> None:
+        for key, style in (("mIoU", "o-"), ("mAcc", "s--"), ("aAcc", "^:")):
+            ax.plot(eval_steps, [float(r[key]) for r in evals], style, label=key)
+        ax.set(xlabel="iteration", ylabel="validation (%)", title="segmentation metrics")
 
-    steps, evals = read("steps.csv"), read("metrics.csv")
-    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, label="train (step)")
-    ax_loss.plot([int(r["step"]) for r in evals], [float(r["train_loss"]) for r in evals], "o-",
-                 label="train (mean since last evaluation)")
-    ax_loss.set(xlabel="iteration", ylabel="loss (decode + 0.4 aux)", title="loss")
-    ax_loss.legend()
-    for key, style in (("mIoU", "o-"), ("mAcc", "s--"), ("aAcc", "^:")):
-        ax_iou.plot([int(r["step"]) for r in evals], [float(r[key]) for r in evals], style, label=key)
-    ax_iou.set(xlabel="iteration", ylabel="validation (%)", title="segmentation metrics")
-    ax_iou.legend()
-    for ax in (ax_loss, ax_iou):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
+    save_two_panel_curves(out, loss, metrics)
 
 
 def train_segmentation(cfg: SegTrainConfig, resume: bool = False, overwrite: bool = False,
@@ -271,12 +259,7 @@ def train_segmentation(cfg: SegTrainConfig, resume: bool = False, overwrite: boo
             lr = poly_lr(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, scaler, cfg.clip_grad)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
