@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import typing
 from typing import Any, Callable
 
 MODEL_HELP = "timm model name, e.g. overlock_t (optional with a checkpoint of an overlock train run)"
@@ -73,3 +75,32 @@ def none_or(kind: type) -> Callable[[str], Any]:
 
     parse.__name__ = kind.__name__  # argparse names the type in its error messages
     return parse
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser, config: type, helps: dict[str, str], choices: dict[str, tuple[str, ...]],
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """One ``--field-name`` option per field of the config dataclass ``config``, parsed by the field's type:
+    booleans as ``--x/--no-x``, dicts as JSON, lists as several values, optional fields taking 'none'; an option
+    left out is absent from the namespace (the preset keeps its value). ``overrides`` gives a field's own
+    argparse arguments."""
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        extra = dict(default=argparse.SUPPRESS, help=helps.get(f.name))  # absent: keep the preset
+        options = typing.get_args(kind)
+        base = next((t for t in options if t is not type(None)), kind) if options else kind
+        if overrides and f.name in overrides:
+            parser.add_argument(flag, **overrides[f.name], **extra)
+        elif kind is bool or base is bool and type(None) in options:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
+        elif typing.get_origin(kind) is dict:
+            parser.add_argument(flag, type=json.loads, **extra)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, type=options[0], nargs="+", **extra)
+        elif type(None) in options:  # optional field: 'none' on the command line gives None
+            parser.add_argument(flag, type=none_or(base), **extra)
+        else:
+            parser.add_argument(flag, type=kind, choices=choices.get(f.name), **extra)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import typing
 
 from overlock.train.seg_config import SEG_PRESETS, SegTrainConfig, seg_preset
 
-from .args import none_or, preset_with_options
+from .args import add_config_options, preset_with_options
 
 _HELP = {
     "backbone": "OverLoCK variant (timm name) under the UperNet",
@@ -49,23 +48,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
                         "backbone's upernet_* preset, or upernet_overlock_t)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
-    hints = typing.get_type_hints(SegTrainConfig)
-    for f in dataclasses.fields(SegTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        extra = dict(default=argparse.SUPPRESS, help=_HELP.get(f.name))  # absent: keep the preset
-        options = typing.get_args(kind)
-        base = next((t for t in options if t is not type(None)), kind) if options else kind
-        if kind is bool or base is bool and type(None) in options:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
-        elif f.name == "model_kwargs":
-            parser.add_argument(flag, type=json.loads, **extra)
-        elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", **extra)
-        elif type(None) in options:  # optional field: 'none' on the command line gives None
-            parser.add_argument(flag, type=none_or(base), **extra)
-        else:
-            parser.add_argument(flag, type=kind, choices=_CHOICES.get(f.name), **extra)
+    add_config_options(parser, SegTrainConfig, _HELP, _CHOICES)
 
 
 def _add_validate(parser: argparse.ArgumentParser) -> None:

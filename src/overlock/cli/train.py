@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import typing
 
 from overlock.train.config import PRESETS, TrainConfig, preset
 
-from .args import none_or, preset_with_options
+from .args import add_config_options, preset_with_options
 
 _HELP = {
     "model": "timm model name (any timm model works, for comparisons)",
@@ -37,24 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), help="recipe to start from (default: see below)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        extra = dict(default=argparse.SUPPRESS, help=_HELP.get(f.name))  # absent: keep the preset
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
-        elif f.name == "model_kwargs":
-            parser.add_argument(flag, type=json.loads, **extra)
-        elif f.name == "grad_checkpointing":
-            parser.add_argument(flag, type=int, nargs=4, **extra)
-        else:
-            options = typing.get_args(kind)
-            if type(None) in options:  # optional field: 'none' on the command line gives None
-                base = next(t for t in options if t is not type(None))
-                parser.add_argument(flag, type=none_or(base), **extra)
-            else:
-                parser.add_argument(flag, type=kind, choices=_CHOICES.get(f.name), **extra)
+    add_config_options(parser, TrainConfig, _HELP, _CHOICES, overrides={"grad_checkpointing": dict(type=int, nargs=4)})
     parser.epilog = (
         "Default preset: the --model's own preset when it has one (overlock_xt/t/s/b: the paper's ImageNet "
         "recipe), 'fashion_mnist' when no --data-dir is given, else overlock_xt."

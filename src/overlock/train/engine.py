@@ -411,10 +411,7 @@ def train(
         "config": asdict(cfg),
     }
     if info.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if writer:
-            writer.close()
-        plot_curves(out)
+        finish_run_logs(out, summary, writer, plot_curves)
     return summary
 
 
@@ -434,6 +431,14 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: A
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def finish_run_logs(out: Path, summary: dict[str, Any], writer: Any, plot: Callable[[Path], None]) -> None:
+    """The main process's end of a run: ``summary.json``, the TensorBoard writer closed, ``curves.png`` drawn."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if writer:
+        writer.close()
+    plot(out)
 
 
 def read_run_log(out: Path, name: str) -> list[dict[str, str]]:

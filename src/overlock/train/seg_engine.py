@@ -10,7 +10,6 @@ mIoU evaluation every ``eval_every`` iterations.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import nullcontext
@@ -31,7 +30,7 @@ from .checkpoint import CheckpointError, load_training_checkpoint, save_atomic
 from .distributed import DistInfo, all_reduce_sum, init_distributed, sync_batchnorm
 from .engine import (
     AMP_DTYPES, NonFiniteLossError, _changed_classes_message, _CsvLog, _restore_rng, _rng_state, _seed_step,
-    _tensorboard, optimizer_step, prepare_output, read_run_log, save_two_panel_curves,
+    _tensorboard, finish_run_logs, optimizer_step, prepare_output, read_run_log, save_two_panel_curves,
 )
 from .sampler import EpochSampler
 from .seg_config import SegTrainConfig, build_optimizer, build_segmenter, poly_lr
@@ -286,8 +285,5 @@ def train_segmentation(cfg: SegTrainConfig, resume: bool = False, overwrite: boo
         "processes": info.world_size, "config": asdict(cfg),
     }
     if info.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if writer:
-            writer.close()
-        plot_seg_curves(out)
+        finish_run_logs(out, summary, writer, plot_seg_curves)
     return summary
