@@ -108,6 +108,14 @@ class RepConvStage(nn.Sequential):
         return x
 
 
+class PrunedDownsample(nn.Module):
+    """Takes the place of the Focus-Net downsampling in a feature extractor pruned below stride 16, where it never
+    runs; it keeps the two-tensor signature, so the pruned model still scripts."""
+
+    def forward(self, x: Tensor, ctx: Tensor) -> Tuple[Tensor, Tensor]:
+        return x, ctx
+
+
 class FocusStage(nn.ModuleList):
     """A Focus-Net stage: ``DynamicConvBlock``s guided by the context prior (the official ``sub_blocks{3,4}``).
 
@@ -213,6 +221,7 @@ class OverLoCK(nn.Module):
                 (d1, d2, d3 + ctx_dim, d4 + ctx_dim), geometry, ("blocks1", "blocks2", "sub_blocks3", "sub_blocks4")
             )
         ]
+        self.num_levels = len(self.feature_info)  # an int TorchScript reads in forward_intermediates
 
         num_blocks = sum(depths) + sum(sub_depths)
         dpr = iter(torch.linspace(0, drop_path_rate, num_blocks, device="cpu").tolist())
@@ -460,7 +469,6 @@ class OverLoCK(nn.Module):
             return logits, self.forward_aux_head(overview)
         return logits
 
-    @torch.jit.ignore
     def forward_intermediates(
         self,
         x: Tensor,
@@ -476,8 +484,8 @@ class OverLoCK(nn.Module):
         classifier has no final norm.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"OverLoCK produces NCHW features, got output_fmt={output_fmt!r}")
-        take, max_index = feature_take_indices(len(self.feature_info), indices)
+            raise ValueError("OverLoCK produces NCHW features, got output_fmt=" + output_fmt)
+        take, max_index = feature_take_indices(self.num_levels, indices)
         last = max_index if (stop_early or intermediates_only) else 3
         levels, _ = self.forward_pyramid(x, last)
         intermediates = [levels[i] for i in take]
@@ -490,13 +498,14 @@ class OverLoCK(nn.Module):
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> List[int]:
         """Drop the heads (and the stages past the last wanted level when it is below stride 16)."""
-        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        take, max_index = feature_take_indices(self.num_levels, indices)
         if prune_head and self.head is not None:
             self.reset_classifier(0, "")
             self.aux_head = None
         if max_index < 2:
-            for name in ("patch_embed3", "patch_embed4", "high_level_proj", "patch_embedx"):
+            for name in ("patch_embed3", "patch_embed4", "high_level_proj"):
                 setattr(self, name, nn.Identity())
+            self.patch_embedx = PrunedDownsample()
             for name in ("blocks3", "blocks4"):
                 setattr(self, name, RepConvStage())
             for name in ("sub_blocks3", "sub_blocks4"):
