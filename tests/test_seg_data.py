@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from overlock.data.segmentation import (
     ADE20K_CLASSES, SegmentationDataError, SegmentationDataset, Skipped, TrainPipeline, collate_segmentation,
-    fit_size, hsv_to_rgb, multiple_size, prepare_test_image, resize_mask, rgb_to_hsv,
+    fit_size, multiple_size, prepare_test_image,
 )
+from overlock.segmentation import read_image
 
 
 def write_pair(root: Path, split: str, name: str, mask: np.ndarray, image_size=None, masks="masks",
@@ -50,6 +50,55 @@ def test_ade20k_layout_reduces_zero_label(tmp_path):
     assert dataset.num_classes == 150 and dataset.classes == list(ADE20K_CLASSES) and len(set(ADE20K_CLASSES)) == 150
     _, mask = dataset[0]
     assert mask.tolist() == [[255, 0, 149, 6]]
+
+
+def test_label_reduction_keeps_255_ignored(tmp_path):
+    """mmsegmentation's reduction: 0 -> 255, c -> c - 1, then 254 -> 255, so a raw 255 stays ignored and the
+    sample is used (not skipped for a label 254 outside the classes)."""
+    root = tmp_path / "ADEChallengeData2016"
+    write_pair(root, "training", "a", np.array([[0, 1, 150, 255, 7]]), masks="annotations")
+    write_pair(root, "validation", "b", np.array([[255, 255, 0, 2, 151]]), masks="annotations")
+    assert SegmentationDataset(root, "train", "ade20k")[0][1].tolist() == [[255, 0, 149, 255, 6]]
+    skipped = SegmentationDataset(root, "val", "ade20k")[0]  # raw 151 is class 150 of 0-149: still an error
+    assert isinstance(skipped, Skipped) and skipped.reason.endswith("unlabelled): 150")
+    folder = tmp_path / "folder"
+    write_pair(folder, "train", "a", np.array([[255, 1, 2], [0, 255, 255]]))
+    (folder / "classes.txt").write_text("sky\ntree\n")
+    _, mask = SegmentationDataset(folder, "train", reduce_zero_label=True)[0]
+    assert mask.tolist() == [[255, 0, 1], [255, 255, 255]]
+
+
+def exif_image(path: Path, pixels: np.ndarray, orientation: int) -> None:
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif)
+
+
+def test_exif_orientation_is_applied_to_images_not_masks(folder, caplog):
+    """As mmsegmentation reads: images through mmcv's 'color' decoding (EXIF orientation applied), masks
+    'unchanged' (as stored). Training, validation and ``overlock.segmentation.read_image`` read the same pixels."""
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[:2, :3] = (200, 30, 30)
+    turned = np.rot90(pixels, -1)  # orientation 6: shown turned 90 degrees clockwise
+    mask = np.zeros((6, 4), np.uint8)
+    mask[:3, 2:] = 1  # drawn on the image as shown
+    for split in ("train", "val"):
+        write_pair(folder, split, "9", mask, image_ext=".png")
+        exif_image(folder / "images" / split / "9.png", pixels, 6)
+        write_pair(folder, split, "8", np.zeros((4, 6)), image_ext=".png")  # masked as stored: sides swapped
+        exif_image(folder / "images" / split / "8.png", pixels, 6)
+    train = SegmentationDataset(folder, "train", transform=lambda image, mask: (image, mask))
+    val = SegmentationDataset(folder, "val")
+    for dataset in (train, val):
+        names = [image.stem for image, _ in dataset.samples]
+        image, loaded_mask = dataset[names.index("9")]
+        assert np.array_equal(image, turned) and np.array_equal(loaded_mask, mask)
+        assert np.array_equal(read_image(folder / "images" / dataset.split / "9.png"), image)
+        with caplog.at_level(logging.WARNING):
+            skipped = dataset[names.index("8")]
+        assert isinstance(skipped, Skipped) and skipped.reason == (
+            "mask is 6x4, its image 4x6 (an EXIF orientation tag turns the image; masks are read as stored)")
 
 
 def test_missing_and_empty_folders_are_one_line_errors(folder, tmp_path):
@@ -137,23 +186,6 @@ def test_test_pipeline_normalises_with_the_imagenet_statistics():
     out = prepare_test_image(image, scale=(64, 64))
     torch.testing.assert_close(out[:, 0, 0], torch.tensor([(255 - 123.675) / 58.395, -116.28 / 57.12,
                                                            -103.53 / 57.375]))
-
-
-def test_nearest_mask_resize_is_opencvs():
-    """OpenCV's INTER_NEAREST reads source index floor(i * in / out): PyTorch's 'nearest' mode."""
-    mask = np.random.default_rng(0).integers(0, 5, (13, 17))
-    for size in ((26, 34), (7, 9), (20, 11)):
-        expected = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[0, 0]
-        assert (resize_mask(mask, size) == expected.long().numpy()).all()
-
-
-def test_hsv_uses_opencvs_8_bit_conventions():
-    pixels = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128], [255, 255, 0]]], np.uint8)
-    assert rgb_to_hsv(pixels).tolist() == [[[0, 255, 255], [60, 255, 255], [120, 255, 255], [0, 0, 128],
-                                            [30, 255, 255]]]
-    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    roundtrip = hsv_to_rgb(rgb_to_hsv(image)).astype(int)
-    assert np.abs(roundtrip - image).max() <= 4  # H in 2-degree steps: the 8-bit quantisation
 
 
 def test_training_pipeline_crops_flips_and_pads():
