@@ -126,3 +126,25 @@ def test_hsv_is_opencvs_8_bit_conversion():
     back = hsv_to_rgb(hsv)
     assert np.array_equal(back, cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[..., ::-1])  # mmcv's hsv2bgr
     assert np.abs(back.astype(int) - image).max() <= 4  # hue in 2-degree steps: the 8-bit quantisation
+
+
+def test_classification_reads_as_stored_in_training_and_prediction(tmp_path):
+    """Classification reads with Pillow as timm and the official classification code do: no EXIF orientation,
+    the same in its training/validation folders and in ``overlock predict``/``cam``/``erf`` (``load_image``)."""
+    import torch
+
+    from overlock.data.folder import ImageFolderDataset
+    from overlock.inference import load_image
+
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[:2, :3] = (200, 30, 30)
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.png").write_bytes(encoded(pixels, orientation=6))
+
+    def as_tensor(image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(image).copy())
+
+    trained, _ = ImageFolderDataset(tmp_path, as_tensor)[0]
+    assert np.array_equal(trained.numpy(), pixels)
+    assert np.array_equal(load_image(tmp_path / "cat" / "a.png", as_tensor).numpy(), pixels)
+    assert decode_image((tmp_path / "cat" / "a.png").read_bytes()).shape == (6, 4, 3)  # segmentation turns it

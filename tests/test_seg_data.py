@@ -98,7 +98,8 @@ def test_exif_orientation_is_applied_to_images_not_masks(folder, caplog):
         with caplog.at_level(logging.WARNING):
             skipped = dataset[names.index("8")]
         assert isinstance(skipped, Skipped) and skipped.reason == (
-            "mask is 6x4, its image 4x6 (an EXIF orientation tag turns the image; masks are read as stored)")
+            "mask is 6x4, its image 4x6 (sides swapped: images are turned by their EXIF orientation tag, masks read "
+            "as stored)")
 
 
 def test_missing_and_empty_folders_are_one_line_errors(folder, tmp_path):

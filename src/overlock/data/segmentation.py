@@ -197,8 +197,8 @@ class SegmentationDataset(Dataset):
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             return self._skip(mask_path, f"unreadable mask ({exc})")
         if mask.shape != image.shape[:2]:
-            transposed = mask.shape == image.shape[1::-1]
-            turned = " (an EXIF orientation tag turns the image; masks are read as stored)" if transposed else ""
+            turned = (" (sides swapped: images are turned by their EXIF orientation tag, masks read as stored)"
+                      if mask.shape == image.shape[1::-1] else "")
             return self._skip(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]}, its image "
                                          f"{image.shape[1]}x{image.shape[0]}{turned}")
         if self.reduce_zero_label:
