@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -181,6 +182,16 @@ def test_test_pipeline_sizes(size, fitted, multiple):
     assert prepare_test_image(image).shape == (3, *multiple)
 
 
+def test_test_pipeline_resizes_as_mmcv():
+    """mmcv's imrescale (bilinear) into the scale, then imresize_to_multiple (bicubic): OpenCV on uint8."""
+    image = cv2.GaussianBlur(np.random.default_rng(5).integers(0, 256, (75, 100, 3), dtype=np.uint8), (5, 5), 1.5)
+    fitted = cv2.resize(image, (171, 128), interpolation=cv2.INTER_LINEAR)  # 100 * 128 / 75 = 170.67
+    expected = cv2.resize(fitted, (192, 128), interpolation=cv2.INTER_CUBIC)
+    normalised = (torch.from_numpy(expected).permute(2, 0, 1).float() - torch.tensor(
+        [123.675, 116.28, 103.53]).view(3, 1, 1)) / torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    torch.testing.assert_close(prepare_test_image(image, scale=(512, 128)), normalised, rtol=0, atol=1e-5)
+
+
 def test_test_pipeline_normalises_with_the_imagenet_statistics():
     image = np.zeros((64, 64, 3), np.uint8)
     image[..., 0] = 255
@@ -215,3 +226,76 @@ def test_training_pipeline_is_a_function_of_the_seed():
         np.random.seed(7)
         results.append(pipeline(image, mask))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def mmseg_training_sample(image_rgb: np.ndarray, mask: np.ndarray, crop: int, scale: tuple[int, int]):
+    """mmsegmentation 0.30's ADE20K training pipeline written out from its transforms' semantics, on mmcv's OpenCV
+    calls and in its BGR order, drawing from numpy's global generator in its order: Resize (ratio in [0.5, 2]),
+    RandomCrop (cat_max_ratio 0.75), RandomFlip (0.5), PhotoMetricDistortion; returns the uint8 RGB crop and mask."""
+    rand = np.random
+    img, seg = np.ascontiguousarray(image_rgb[..., ::-1]), mask.astype(np.uint8)
+    ratio = rand.random_sample() * 1.5 + 0.5
+    long_side, short_side = int(scale[0] * ratio), int(scale[1] * ratio)
+    h, w = img.shape[:2]
+    factor = min(long_side / max(h, w), short_side / min(h, w))
+    size = (int(w * factor + 0.5), int(h * factor + 0.5))
+    img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+    seg = cv2.resize(seg, size, interpolation=cv2.INTER_NEAREST)
+
+    def crop_origin():
+        return rand.randint(0, max(seg.shape[0] - crop, 0) + 1), rand.randint(0, max(seg.shape[1] - crop, 0) + 1)
+
+    top, left = crop_origin()
+    for _ in range(10):
+        labels, counts = np.unique(seg[top:top + crop, left:left + crop], return_counts=True)
+        counts = counts[labels != 255]
+        if len(counts) > 1 and counts.max() / counts.sum() < 0.75:
+            break
+        top, left = crop_origin()
+    img, seg = img[top:top + crop, left:left + crop], seg[top:top + crop, left:left + crop]
+    if rand.rand() < 0.5:
+        img, seg = img[:, ::-1], seg[:, ::-1]
+    img = np.ascontiguousarray(img)
+
+    def convert(values, alpha=1.0, beta=0.0):
+        return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    if rand.randint(2):
+        img = convert(img, beta=rand.uniform(-32, 32))
+    contrast_last = rand.randint(2) == 0
+    if not contrast_last and rand.randint(2):
+        img = convert(img, alpha=rand.uniform(0.5, 1.5))
+    if rand.randint(2):
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        hsv[..., 1] = convert(hsv[..., 1], alpha=rand.uniform(0.5, 1.5))
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if rand.randint(2):
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(int) + rand.randint(-18, 18)) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if contrast_last and rand.randint(2):
+        img = convert(img, alpha=rand.uniform(0.5, 1.5))
+    return img[..., ::-1], seg
+
+
+def test_training_pipeline_gives_mmsegmentations_pixels():
+    """Same seed, same draws, same OpenCV arithmetic: the crops equal mmsegmentation's pixel for pixel (a float
+    resize or an own HSV conversion would be a grey level off in places: 1/58 after normalisation)."""
+    rng = np.random.default_rng(4)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), (5, 5), 1.5)
+    mask = np.repeat(np.repeat(rng.integers(0, 4, (9, 12)), 10, 0), 10, 1)
+    mask[:5] = 255
+    pipeline = TrainPipeline(crop_size=(48, 48), scale=(100, 60))
+    for seed in range(12):
+        np.random.seed(seed)
+        expected_image, expected_mask = mmseg_training_sample(image, mask, 48, (100, 60))
+        after = np.random.random_sample()
+        np.random.seed(seed)
+        out_image, out_mask = pipeline(image, mask)
+        assert np.random.random_sample() == after  # the same number of draws
+        h, w = expected_mask.shape
+        assert np.array_equal(out_mask[:h, :w].numpy(), expected_mask)
+        normalised = (torch.from_numpy(expected_image.copy()).permute(2, 0, 1).float()
+                      - torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)) / torch.tensor(
+                          [58.395, 57.12, 57.375]).view(3, 1, 1)
+        torch.testing.assert_close(out_image[:, :h, :w], normalised, rtol=0, atol=1e-5)
