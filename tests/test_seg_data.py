@@ -4,16 +4,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from overlock.data.segmentation import (
     ADE20K_CLASSES, SegmentationDataError, SegmentationDataset, Skipped, TrainPipeline, collate_segmentation,
-    fit_size, hsv_to_rgb, multiple_size, prepare_test_image, resize_mask, rgb_to_hsv,
+    fit_size, multiple_size, prepare_test_image,
 )
+from overlock.segmentation import read_image
 
 
 def write_pair(root: Path, split: str, name: str, mask: np.ndarray, image_size=None, masks="masks",
@@ -50,6 +51,56 @@ def test_ade20k_layout_reduces_zero_label(tmp_path):
     assert dataset.num_classes == 150 and dataset.classes == list(ADE20K_CLASSES) and len(set(ADE20K_CLASSES)) == 150
     _, mask = dataset[0]
     assert mask.tolist() == [[255, 0, 149, 6]]
+
+
+def test_label_reduction_keeps_255_ignored(tmp_path):
+    """mmsegmentation's reduction: 0 -> 255, c -> c - 1, then 254 -> 255, so a raw 255 stays ignored and the
+    sample is used (not skipped for a label 254 outside the classes)."""
+    root = tmp_path / "ADEChallengeData2016"
+    write_pair(root, "training", "a", np.array([[0, 1, 150, 255, 7]]), masks="annotations")
+    write_pair(root, "validation", "b", np.array([[255, 255, 0, 2, 151]]), masks="annotations")
+    assert SegmentationDataset(root, "train", "ade20k")[0][1].tolist() == [[255, 0, 149, 255, 6]]
+    skipped = SegmentationDataset(root, "val", "ade20k")[0]  # raw 151 is class 150 of 0-149: still an error
+    assert isinstance(skipped, Skipped) and skipped.reason.endswith("unlabelled): 150")
+    folder = tmp_path / "folder"
+    write_pair(folder, "train", "a", np.array([[255, 1, 2], [0, 255, 255]]))
+    (folder / "classes.txt").write_text("sky\ntree\n")
+    _, mask = SegmentationDataset(folder, "train", reduce_zero_label=True)[0]
+    assert mask.tolist() == [[255, 0, 1], [255, 255, 255]]
+
+
+def exif_image(path: Path, pixels: np.ndarray, orientation: int) -> None:
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif)
+
+
+def test_exif_orientation_is_applied_to_images_not_masks(folder, caplog):
+    """As mmsegmentation reads: images through mmcv's 'color' decoding (EXIF orientation applied), masks
+    'unchanged' (as stored). Training, validation and ``overlock.segmentation.read_image`` read the same pixels."""
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[:2, :3] = (200, 30, 30)
+    turned = np.rot90(pixels, -1)  # orientation 6: shown turned 90 degrees clockwise
+    mask = np.zeros((6, 4), np.uint8)
+    mask[:3, 2:] = 1  # drawn on the image as shown
+    for split in ("train", "val"):
+        write_pair(folder, split, "9", mask, image_ext=".png")
+        exif_image(folder / "images" / split / "9.png", pixels, 6)
+        write_pair(folder, split, "8", np.zeros((4, 6)), image_ext=".png")  # masked as stored: sides swapped
+        exif_image(folder / "images" / split / "8.png", pixels, 6)
+    train = SegmentationDataset(folder, "train", transform=lambda image, mask: (image, mask))
+    val = SegmentationDataset(folder, "val")
+    for dataset in (train, val):
+        names = [image.stem for image, _ in dataset.samples]
+        image, loaded_mask = dataset[names.index("9")]
+        assert np.array_equal(image, turned) and np.array_equal(loaded_mask, mask)
+        assert np.array_equal(read_image(folder / "images" / dataset.split / "9.png"), image)
+        with caplog.at_level(logging.WARNING):
+            skipped = dataset[names.index("8")]
+        assert isinstance(skipped, Skipped) and skipped.reason == (
+            "mask is 6x4, its image 4x6 (sides swapped: images are turned by their EXIF orientation tag, masks read "
+            "as stored)")
 
 
 def test_missing_and_empty_folders_are_one_line_errors(folder, tmp_path):
@@ -131,29 +182,22 @@ def test_test_pipeline_sizes(size, fitted, multiple):
     assert prepare_test_image(image).shape == (3, *multiple)
 
 
+def test_test_pipeline_resizes_as_mmcv():
+    """mmcv's imrescale (bilinear) into the scale, then imresize_to_multiple (bicubic): OpenCV on uint8."""
+    image = cv2.GaussianBlur(np.random.default_rng(5).integers(0, 256, (75, 100, 3), dtype=np.uint8), (5, 5), 1.5)
+    fitted = cv2.resize(image, (171, 128), interpolation=cv2.INTER_LINEAR)  # 100 * 128 / 75 = 170.67
+    expected = cv2.resize(fitted, (192, 128), interpolation=cv2.INTER_CUBIC)
+    normalised = (torch.from_numpy(expected).permute(2, 0, 1).float() - torch.tensor(
+        [123.675, 116.28, 103.53]).view(3, 1, 1)) / torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    torch.testing.assert_close(prepare_test_image(image, scale=(512, 128)), normalised, rtol=0, atol=1e-5)
+
+
 def test_test_pipeline_normalises_with_the_imagenet_statistics():
     image = np.zeros((64, 64, 3), np.uint8)
     image[..., 0] = 255
     out = prepare_test_image(image, scale=(64, 64))
     torch.testing.assert_close(out[:, 0, 0], torch.tensor([(255 - 123.675) / 58.395, -116.28 / 57.12,
                                                            -103.53 / 57.375]))
-
-
-def test_nearest_mask_resize_is_opencvs():
-    """OpenCV's INTER_NEAREST reads source index floor(i * in / out): PyTorch's 'nearest' mode."""
-    mask = np.random.default_rng(0).integers(0, 5, (13, 17))
-    for size in ((26, 34), (7, 9), (20, 11)):
-        expected = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[0, 0]
-        assert (resize_mask(mask, size) == expected.long().numpy()).all()
-
-
-def test_hsv_uses_opencvs_8_bit_conventions():
-    pixels = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128], [255, 255, 0]]], np.uint8)
-    assert rgb_to_hsv(pixels).tolist() == [[[0, 255, 255], [60, 255, 255], [120, 255, 255], [0, 0, 128],
-                                            [30, 255, 255]]]
-    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    roundtrip = hsv_to_rgb(rgb_to_hsv(image)).astype(int)
-    assert np.abs(roundtrip - image).max() <= 4  # H in 2-degree steps: the 8-bit quantisation
 
 
 def test_training_pipeline_crops_flips_and_pads():
@@ -182,3 +226,76 @@ def test_training_pipeline_is_a_function_of_the_seed():
         np.random.seed(7)
         results.append(pipeline(image, mask))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def mmseg_training_sample(image_rgb: np.ndarray, mask: np.ndarray, crop: int, scale: tuple[int, int]):
+    """mmsegmentation 0.30's ADE20K training pipeline written out from its transforms' semantics, on mmcv's OpenCV
+    calls and in its BGR order, drawing from numpy's global generator in its order: Resize (ratio in [0.5, 2]),
+    RandomCrop (cat_max_ratio 0.75), RandomFlip (0.5), PhotoMetricDistortion; returns the uint8 RGB crop and mask."""
+    rand = np.random
+    img, seg = np.ascontiguousarray(image_rgb[..., ::-1]), mask.astype(np.uint8)
+    ratio = rand.random_sample() * 1.5 + 0.5
+    long_side, short_side = int(scale[0] * ratio), int(scale[1] * ratio)
+    h, w = img.shape[:2]
+    factor = min(long_side / max(h, w), short_side / min(h, w))
+    size = (int(w * factor + 0.5), int(h * factor + 0.5))
+    img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+    seg = cv2.resize(seg, size, interpolation=cv2.INTER_NEAREST)
+
+    def crop_origin():
+        return rand.randint(0, max(seg.shape[0] - crop, 0) + 1), rand.randint(0, max(seg.shape[1] - crop, 0) + 1)
+
+    top, left = crop_origin()
+    for _ in range(10):
+        labels, counts = np.unique(seg[top:top + crop, left:left + crop], return_counts=True)
+        counts = counts[labels != 255]
+        if len(counts) > 1 and counts.max() / counts.sum() < 0.75:
+            break
+        top, left = crop_origin()
+    img, seg = img[top:top + crop, left:left + crop], seg[top:top + crop, left:left + crop]
+    if rand.rand() < 0.5:
+        img, seg = img[:, ::-1], seg[:, ::-1]
+    img = np.ascontiguousarray(img)
+
+    def convert(values, alpha=1.0, beta=0.0):
+        return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    if rand.randint(2):
+        img = convert(img, beta=rand.uniform(-32, 32))
+    contrast_last = rand.randint(2) == 0
+    if not contrast_last and rand.randint(2):
+        img = convert(img, alpha=rand.uniform(0.5, 1.5))
+    if rand.randint(2):
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        hsv[..., 1] = convert(hsv[..., 1], alpha=rand.uniform(0.5, 1.5))
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if rand.randint(2):
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(int) + rand.randint(-18, 18)) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if contrast_last and rand.randint(2):
+        img = convert(img, alpha=rand.uniform(0.5, 1.5))
+    return img[..., ::-1], seg
+
+
+def test_training_pipeline_gives_mmsegmentations_pixels():
+    """Same seed, same draws, same OpenCV arithmetic: the crops equal mmsegmentation's pixel for pixel (a float
+    resize or an own HSV conversion would be a grey level off in places: 1/58 after normalisation)."""
+    rng = np.random.default_rng(4)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), (5, 5), 1.5)
+    mask = np.repeat(np.repeat(rng.integers(0, 4, (9, 12)), 10, 0), 10, 1)
+    mask[:5] = 255
+    pipeline = TrainPipeline(crop_size=(48, 48), scale=(100, 60))
+    for seed in range(12):
+        np.random.seed(seed)
+        expected_image, expected_mask = mmseg_training_sample(image, mask, 48, (100, 60))
+        after = np.random.random_sample()
+        np.random.seed(seed)
+        out_image, out_mask = pipeline(image, mask)
+        assert np.random.random_sample() == after  # the same number of draws
+        h, w = expected_mask.shape
+        assert np.array_equal(out_mask[:h, :w].numpy(), expected_mask)
+        normalised = (torch.from_numpy(expected_image.copy()).permute(2, 0, 1).float()
+                      - torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)) / torch.tensor(
+                          [58.395, 57.12, 57.375]).view(3, 1, 1)
+        torch.testing.assert_close(out_image[:, :h, :w], normalised, rtol=0, atol=1e-5)

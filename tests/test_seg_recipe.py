@@ -51,6 +51,42 @@ def test_iou_metrics_match_mmsegmentation():
     np.testing.assert_allclose([c["Acc"] for c in per_class], expected["Acc"])
 
 
+def test_metrics_of_a_set_without_labelled_pixels_are_not_defined():
+    """Every pixel ignored: no pixel to be right or wrong, so aAcc is 0/0 (mmsegmentation's formula gives NaN too),
+    and no class is labelled, so every IoU, accuracy and mean is NaN, not 0."""
+    accumulator = IoUAccumulator(3)
+    accumulator.update(torch.tensor([[0, 1], [2, 2]]), torch.full((2, 2), 255))
+    ours = accumulator.compute()
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):  # numpy's nanmean of NaNs only
+        expected = mmseg_metrics([np.array([[0, 1], [2, 2]])], [np.full((2, 2), 255)], 3)
+    assert math.isnan(expected["aAcc"]) and math.isnan(ours["aAcc"])
+    assert math.isnan(ours["mIoU"]) and math.isnan(ours["mAcc"])
+    assert all(math.isnan(v) for c in ours["per_class"].values() for v in c.values())
+    accumulator.update(torch.tensor([[0, 1]]), torch.tensor([[0, 0]]))  # one labelled pixel right of two
+    assert accumulator.compute()["aAcc"] == 50
+
+
+def test_validate_prints_undefined_metrics_as_n_a(tmp_path, capsys):
+    """``overlock seg validate`` on a set whose every pixel is ignored: aAcc, mIoU and mAcc read 'n/a'."""
+    from PIL import Image
+
+    from overlock.cli.main import main
+
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "masks" / split).mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "images" / split / "a.png")
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / "masks" / split / "a.png")
+    (tmp_path / "classes.txt").write_text("sky\ntree\n")
+    model = create_upernet("test_overlock", num_classes=2, channels=16, aux_channels=None)
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    assert main(["seg", "validate", "--weights", str(tmp_path / "model.pth"), "--backbone", "test_overlock",
+                 "--data-dir", str(tmp_path), "--dataset", "folder", "--scale", "32", "32", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "aAcc n/a  mIoU n/a  mAcc n/a  (1 images, 0 skipped" in printed
+    assert [line.split() for line in printed.splitlines()[1:3]] == [["sky", "n/a", "n/a"], ["tree", "n/a", "n/a"]]
+
+
 def test_poly_schedule_with_linear_warmup():
     cfg = seg_preset("upernet_overlock_t")
     assert poly_lr(cfg, 0) == pytest.approx(6e-5 * 1e-6)

@@ -8,8 +8,9 @@ optional flip and multi-scale testing, and the ADE20K test pipeline.
   through the test pipeline and the model, the logits are resized to the original image size and turned into
   probabilities (softmax); the probabilities of all passes are averaged.
 - ADE20K test pipeline: resize keeping the aspect ratio to fit (2048, 512) x ratio (bilinear), then each side up
-  to a multiple of 32 (bicubic), both rounded to 8 bits as OpenCV does for 8-bit images, then normalised with the
-  ImageNet mean and standard deviation in 0-255 units.
+  to a multiple of 32 (bicubic), both by OpenCV on 8-bit images as mmcv resizes, then normalised with the ImageNet
+  mean and standard deviation in 0-255 units. ``read_image`` decodes image files as mmcv does (EXIF orientation
+  applied), so images predicted here match the ones ``overlock seg validate`` and training read.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .data.image_io import read_image
 from .data.segmentation import prepare_test_image
 from .models.upernet import (
     UPERNET_VARIANTS, create_upernet, load_upernet_weights, read_checkpoint, resize_to, upernet_state_dict,
@@ -33,6 +35,7 @@ __all__ = [
     "TEST_SCALE",
     "MS_RATIOS",
     "prepare_test_image",
+    "read_image",
     "load_segmenter",
     "predict_probabilities",
     "slide_logits",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 
 from overlock.train.seg_config import SEG_PRESETS, SegTrainConfig, seg_preset
 
@@ -88,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"overlock seg {args.seg_command}: {exc}") from exc
 
 
+def percent(value: float) -> str:
+    """A metric in percent for the printed report: two decimals, or 'n/a' where it is not defined (NaN: a class
+    never labelled, or aAcc when every pixel is ignored)."""
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
 def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
     """The preset chosen by the arguments, with every given option applied on top."""
     given = vars(args)
@@ -110,8 +117,8 @@ def _train(args: argparse.Namespace) -> int:
     summary = train_segmentation(cfg, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     final = summary["final"]
     if final:
-        print(f"{summary['backbone']} UperNet: mIoU {final['mIoU']:.2f}  mAcc {final['mAcc']:.2f}  "
-              f"aAcc {final['aAcc']:.2f}  ({summary['steps']} iterations, {summary['train_seconds']:.0f} s)")
+        print(f"{summary['backbone']} UperNet: mIoU {percent(final['mIoU'])}  mAcc {percent(final['mAcc'])}  "
+              f"aAcc {percent(final['aAcc'])}  ({summary['steps']} iterations, {summary['train_seconds']:.0f} s)")
     print(f"run folder: {cfg.output} (metrics.csv, per_class.csv, summary.json, curves.png, last/best checkpoints)")
     return 0
 
@@ -137,8 +144,8 @@ def _validate(args: argparse.Namespace) -> int:
     if info.is_main:
         print(f"{'class':<24} {'IoU':>7} {'Acc':>7}")
         for name, values in result["per_class"].items():
-            print(f"{name:<24} {values['IoU']:>7.2f} {values['Acc']:>7.2f}")
-        print(f"\naAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}  "
+            print(f"{name:<24} {percent(values['IoU']):>7} {percent(values['Acc']):>7}")
+        print(f"\naAcc {percent(result['aAcc'])}  mIoU {percent(result['mIoU'])}  mAcc {percent(result['mAcc'])}  "
               f"({result['images']} images, {result['skipped']} skipped; {settings.mode}, ratios "
               f"{list(settings.ratios)}{', flip' if settings.flip else ''}; {loaded.description})")
         if args.json:

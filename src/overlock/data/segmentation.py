@@ -4,11 +4,14 @@ Layouts (``ROOT`` is what ``--data-dir`` names):
 
 - ``ade20k``: ADEChallengeData2016 as released, ``ROOT/images/{training,validation}/*.jpg`` and
   ``ROOT/annotations/{training,validation}/*.png``; masks hold 0 for unlabelled and 1-150 for the classes, reduced
-  as mmsegmentation reduces them (0 -> 255, ignored; c -> c - 1).
+  as mmsegmentation reduces them (0 -> 255, ignored; c -> c - 1; 255 stays ignored).
 - ``folder``: any images with index masks, ``ROOT/images/SPLIT/...`` and ``ROOT/masks/SPLIT/...`` (or
   ``ROOT/annotations/SPLIT/...``) for SPLIT ``train`` and ``val``, the mask of ``images/SPLIT/a/b.jpg`` being
   ``masks/SPLIT/a/b.png``; ``ROOT/classes.txt`` names the classes, one a line, in index order; mask values are
-  class indices, 255 is unlabelled (``reduce_zero_label`` reads them as ADE20K's are read).
+  class indices, 255 is unlabelled (``reduce_zero_label`` reads them as ADE20K's are read: 0 and 255 unlabelled).
+
+Reading as mmsegmentation 0.30 reads: images are decoded by OpenCV as mmcv decodes them (``image_io``: EXIF
+orientation tags applied), masks by Pillow as stored (no EXIF orientation: mmsegmentation reads them 'unchanged').
 
 Bad data: an empty or missing folder stops with a one-line error. An image without a mask is left out at the
 start and counted (a warning names the first). A sample whose files cannot be read, whose mask has another size
@@ -32,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .folder import IMAGE_EXTENSIONS
+from .image_io import fit_size, hsv_to_rgb, read_image, resize_image, resize_mask, rgb_to_hsv
 
 _logger = logging.getLogger(__name__)
 
@@ -128,12 +132,6 @@ def find_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
 
 
 # ---------------------------------------------------------------------- reading a sample
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"))
-
-
 def read_mask(path: Path) -> np.ndarray:
     """(H, W) class indices of an index image (modes L, P or I;16)."""
     with Image.open(path) as img:
@@ -143,8 +141,9 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def reduce_zero_label(mask: np.ndarray) -> np.ndarray:
-    """ADE20K's reading of a mask: 0 (unlabelled) becomes the ignore index, every other class c becomes c - 1."""
-    return np.where(mask == 0, IGNORE_INDEX, mask - 1)
+    """ADE20K's reading of a mask, as mmsegmentation's: 0 (unlabelled) becomes the ignore index, every other
+    class c becomes c - 1, and the ignore index itself stays ignored (its c - 1, 254, goes back to 255)."""
+    return np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)
 
 
 def check_labels(mask: np.ndarray, num_classes: int) -> Optional[str]:
@@ -198,8 +197,10 @@ class SegmentationDataset(Dataset):
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             return self._skip(mask_path, f"unreadable mask ({exc})")
         if mask.shape != image.shape[:2]:
+            turned = (" (sides swapped: images are turned by their EXIF orientation tag, masks read as stored)"
+                      if mask.shape == image.shape[1::-1] else "")
             return self._skip(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]}, its image "
-                                         f"{image.shape[1]}x{image.shape[0]}")
+                                         f"{image.shape[1]}x{image.shape[0]}{turned}")
         if self.reduce_zero_label:
             mask = reduce_zero_label(mask)
         problem = check_labels(mask, self.num_classes)
@@ -241,73 +242,16 @@ def to_tensor_normalized(image: np.ndarray) -> Tensor:
     return (pixels - torch.tensor(MEAN_255).reshape(3, 1, 1)) / torch.tensor(STD_255).reshape(3, 1, 1)
 
 
-def fit_size(height: int, width: int, scale: Sequence[float]) -> tuple[int, int]:
-    """(height, width) resized keeping the aspect ratio to fit ``scale`` (long side, short side), rounded to the
-    nearest pixel (mmcv's ``rescale_size``)."""
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
-
-
 def multiple_size(height: int, width: int, divisor: int = 32) -> tuple[int, int]:
     """Each side rounded up to a multiple of ``divisor``."""
     return math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor
 
 
 def prepare_test_image(image: np.ndarray, scale: Sequence[float] = (2048, 512), divisor: int = 32) -> Tensor:
-    """The official test pipeline: (H, W, 3) uint8 RGB fitted into ``scale`` (bilinear), each side then up to a
-    multiple of ``divisor`` (bicubic), normalised; returns (3, H', W') float32."""
+    """The official test pipeline: (H, W, 3) uint8 RGB fitted into ``scale`` (OpenCV bilinear), each side then up
+    to a multiple of ``divisor`` (OpenCV bicubic), normalised; returns (3, H', W') float32."""
     fitted = resize_image(image, fit_size(*image.shape[:2], scale))
     return to_tensor_normalized(resize_image(fitted, multiple_size(*fitted.shape[:2], divisor), "bicubic"))
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
-    """(H, W, 3) uint8 resized without antialiasing, as OpenCV resizes (``mode`` 'bilinear' or 'bicubic'), and
-    rounded back to uint8 as OpenCV does for 8-bit images."""
-    if image.shape[:2] == tuple(size):
-        return image
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    resized = torch.nn.functional.interpolate(pixels, size=tuple(size), mode=mode, align_corners=False)
-    return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize (OpenCV's INTER_NEAREST: source index floor(i * in / out))."""
-    if mask.shape == size:
-        return mask
-    rows = (np.arange(size[0]) * mask.shape[0] // size[0]).clip(max=mask.shape[0] - 1)
-    cols = (np.arange(size[1]) * mask.shape[1] // size[1]).clip(max=mask.shape[1] - 1)
-    return mask[rows[:, None], cols[None, :]]
-
-
-def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB to 8-bit HSV with OpenCV's conventions: H in [0, 180) (degrees / 2), S and V in [0, 255]."""
-    rgb = image.astype(np.float32)
-    high, low = rgb.max(-1), rgb.min(-1)
-    delta = high - low
-    safe = np.where(delta == 0, 1, delta)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    hue = np.where(high == r, 60 * (g - b) / safe, np.where(high == g, 120 + 60 * (b - r) / safe,
-                                                             240 + 60 * (r - g) / safe))
-    hue = np.where(delta == 0, 0, hue) % 360
-    sat = np.where(high == 0, 0, delta * 255 / np.where(high == 0, 1, high))
-    hsv = np.stack([np.round(hue / 2) % 180, np.round(sat), high], axis=-1)
-    return hsv.astype(np.uint8)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """Inverse of ``rgb_to_hsv``, rounded to uint8."""
-    h = hsv[..., 0].astype(np.float32) * 2 / 60
-    s = hsv[..., 1].astype(np.float32) / 255
-    v = hsv[..., 2].astype(np.float32)
-    sector = np.floor(h).astype(np.int64) % 6
-    f = h - np.floor(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = np.zeros(hsv.shape, dtype=np.float32)
-    for k, (r, g, b) in enumerate(choices):
-        chosen = sector == k
-        out[chosen] = np.stack([r, g, b], axis=-1)[chosen]
-    return np.round(out).clip(0, 255).astype(np.uint8)
 
 
 def _scale_values(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -318,7 +262,8 @@ def _scale_values(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> 
 def photometric_distortion(image: np.ndarray, brightness: int = 32, contrast: tuple[float, float] = (0.5, 1.5),
                            saturation: tuple[float, float] = (0.5, 1.5), hue: int = 18) -> np.ndarray:
     """mmsegmentation's PhotoMetricDistortion, each step with probability 1/2: brightness shift, contrast (before
-    or after the colour steps, at random), saturation scale, hue shift; numpy's global generator."""
+    or after the colour steps, at random), saturation scale, hue shift, in OpenCV's 8-bit HSV; numpy's global
+    generator."""
     rand = np.random
     if rand.randint(2):
         image = _scale_values(image, beta=rand.uniform(-brightness, brightness))
@@ -343,7 +288,7 @@ class TrainPipeline:
     """The official ADE20K training pipeline (mmsegmentation 0.30), on numpy's and Python's global generators
     (seeded per sample by ``SeededDataset``):
 
-    resize keeping the aspect ratio to fit ``scale`` x a ratio drawn from ``ratio_range`` (bilinear image,
+    resize keeping the aspect ratio to fit ``scale`` x a ratio drawn from ``ratio_range`` (OpenCV: bilinear image,
     nearest mask); a random ``crop_size`` crop, drawn again up to 10 times while one class covers
     ``cat_max_ratio`` or more of its labelled pixels; horizontal flip with probability ``flip_prob``; the
     photometric distortion; normalisation; padding to ``crop_size`` (image 0 after normalisation, mask 255).

@@ -38,17 +38,22 @@ class IoUAccumulator:
         self.areas = all_reduce_sum(self.areas.to(info.device), info)
 
     def compute(self, classes: Sequence[str] | None = None) -> dict:
-        """aAcc, mIoU, mAcc (percent) and per-class IoU and accuracy (percent, NaN where undefined)."""
+        """aAcc, mIoU, mAcc (percent) and per-class IoU and accuracy (percent, NaN where undefined: aAcc, mIoU and
+        mAcc are all NaN when no pixel is labelled)."""
         intersect, union, _, label = self.areas.cpu()
         iou = (intersect / union).tolist()  # 0/0 -> nan: a class absent from predictions and labels
         acc = (intersect / label).tolist()  # 0/0 -> nan: a class absent from the labels
         names = list(classes) if classes is not None else [str(i) for i in range(self.num_classes)]
         return {
-            "aAcc": 100 * intersect.sum().item() / max(label.sum().item(), 1),
+            "aAcc": 100 * _ratio(intersect.sum().item(), label.sum().item()),  # NaN when every pixel is ignored
             "mIoU": 100 * _nanmean(iou),
             "mAcc": 100 * _nanmean(acc),
             "per_class": {name: {"IoU": 100 * i, "Acc": 100 * a} for name, i, a in zip(names, iou, acc)},
         }
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
 
 
 def _nanmean(values: list[float]) -> float:
