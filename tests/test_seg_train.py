@@ -141,7 +141,7 @@ def test_progress_off_a_terminal_is_log_lines_without_bar_redraws(shapes, tmp_pa
     log lines, and none of a bar's carriage-return redraws."""
     cmd = [sys.executable, "-m", "overlock.cli.main", *seg_args(shapes, tmp_path / "run", "--iters", "4",
                                                                 "--eval-every", "4")]
-    result = subprocess.run(cmd, capture_output=True, timeout=300)  # bytes: text mode would turn \r into \n
+    result = subprocess.run(cmd, capture_output=True, timeout=600)  # bytes: text mode would turn \r into \n
     assert result.returncode == 0, result.stderr[-3000:]
     assert b"\r" not in result.stdout + result.stderr
     assert b"overlock.engine.progress: iterations: 4/4 iterations, loss " in result.stderr

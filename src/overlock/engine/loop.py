@@ -221,9 +221,9 @@ class TrainingLoop:
         state.step += 1
         if self.hooks.after_step is not None:
             self.hooks.after_step(state, losses)
+        progress.set_postfix(loss=f"{losses['loss'].item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         if count_steps:
             progress.update(1)
-        progress.set_postfix(loss=f"{losses['loss'].item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         at_end = plan.epochs is None and state.step == plan.total_steps
         evaluate_now = bool(plan.eval_every) and (state.step % plan.eval_every == 0 or at_end)
         if evaluate_now:
