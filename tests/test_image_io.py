@@ -134,7 +134,7 @@ def test_classification_reads_as_stored_in_training_and_prediction(tmp_path):
     import torch
 
     from overlock.data.folder import ImageFolderDataset
-    from overlock.inference import load_image
+    from overlock.classification.inference import load_image
 
     pixels = np.zeros((4, 6, 3), np.uint8)
     pixels[:2, :3] = (200, 30, 30)

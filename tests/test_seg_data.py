@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from overlock.data.segmentation import (
+from overlock.segmentation.data import (
     ADE20K_CLASSES, SegmentationDataError, SegmentationDataset, Skipped, TrainPipeline, collate_segmentation,
     fit_size, multiple_size, prepare_test_image,
 )
-from overlock.segmentation import read_image
+from overlock.data.image_io import read_image
 
 
 def write_pair(root: Path, split: str, name: str, mask: np.ndarray, image_size=None, masks="masks",

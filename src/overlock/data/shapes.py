@@ -5,7 +5,7 @@ noise; each class has its own hue (reddish discs, greenish squares, bluish trian
 saturation. A model scores well only if its masks follow the outlines at full resolution: the decode head's
 stride-4 logits, the pyramid's upsampling and the loss must all line up.
 Masks: 0 background, 1 disc, 2 square, 3 triangle, in index PNGs. Written in the ``folder`` layout of
-:mod:`overlock.data.segmentation` (``images/{train,val}``, ``masks/{train,val}``, ``classes.txt``).
+:mod:`overlock.segmentation.data` (``images/{train,val}``, ``masks/{train,val}``, ``classes.txt``).
 """
 from __future__ import annotations
 

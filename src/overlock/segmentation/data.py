@@ -34,8 +34,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .folder import IMAGE_EXTENSIONS
-from .image_io import fit_size, hsv_to_rgb, read_image, resize_image, resize_mask, rgb_to_hsv
+from ..data.folder import IMAGE_EXTENSIONS
+from ..data.image_io import fit_size, hsv_to_rgb, read_image, resize_image, resize_mask, rgb_to_hsv
 
 _logger = logging.getLogger(__name__)
 

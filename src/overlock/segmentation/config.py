@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.upernet import UperNet, create_upernet
+from .upernet import UperNet, create_upernet
 
 
 @dataclass
@@ -22,7 +22,7 @@ class SegTrainConfig:
     weights: str | None = None  # whole UperNet checkpoint to start from (official ADE20K weights, or ours)
     channels: int = 512  # decode head width
     aux_channels: int = 256  # auxiliary head width (0: no auxiliary head)
-    dataset: str = "ade20k"  # layout: 'ade20k' or 'folder' (see overlock.data.segmentation)
+    dataset: str = "ade20k"  # layout: 'ade20k' or 'folder' (see overlock.segmentation.data)
     data_dir: str | None = None
     reduce_zero_label: bool | None = None  # default: True for ADE20K, False for folders
     crop_size: int = 512
