@@ -197,6 +197,20 @@ def test_grad_cam_panels_explain_one_class_for_every_head_and_stage():
     assert target == 7 and [(p.head, p.stage) for p in panels] == [("head", 3), ("head", 4)]
 
 
+def test_erf_input_is_the_image_squashed_to_size_and_normalised():
+    """RepLKNet's input: bicubic resize to S x S (no crop, aspect ratio not kept), then (x / 255 - mean) / std."""
+    from overlock.cli.erf import replknet_transform
+
+    pixels = (torch.rand(30, 50, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy()
+    image = Image.fromarray(pixels)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    resized = np.asarray(image.resize((40, 40), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    expected = (torch.from_numpy(resized).permute(2, 0, 1) - torch.tensor(mean)[:, None, None]) / torch.tensor(
+        std)[:, None, None]
+    torch.testing.assert_close(replknet_transform(40, mean, std)(image), expected)
+    assert replknet_transform(40, (0.5,), (0.25,))(image).shape == (1, 40, 40)
+
+
 # ---------------------------------------------------------------- the commands
 def _image_folder(root, count: int):
     generator = torch.Generator().manual_seed(0)

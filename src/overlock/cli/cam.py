@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import add_model_option, model_name, non_negative_int
+from .args import add_model_option, model_name, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "best.safetensors")
     parser.add_argument("--target", type=non_negative_int, help="class index to explain (default: the main head's "
                                                                 "top prediction)")
+    parser.add_argument("--img-size", type=positive_int, help="input size (default: the model's, or the run's)")
     parser.add_argument("--out", default="cam.png", help="output PNG")
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from overlock.inference import load_image, load_model
     from overlock.visualize import grad_cam_panels
 
-    loaded = load_model(model_name(args), args.weights)
+    loaded = load_model(model_name(args), args.weights, img_size=args.img_size)
     image = load_image(args.image, loaded.transform)
     if args.target is not None and args.target >= loaded.num_classes:
         raise ValueError(f"--target {args.target}: the model has {loaded.num_classes} classes "

@@ -99,15 +99,16 @@ def image_paths(paths: list[str]) -> list[Path]:
     return found
 
 
-def _squared(transform: Callable, size: int) -> Callable:
-    """``transform`` after resizing the image to ``size`` x ``size`` with bicubic interpolation (RepLKNet's
-    input; the model's own resize and centre crop then leave it as it is)."""
-    from PIL import Image
+def replknet_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:
+    """RepLKNet's ERF input: the image resized to ``size`` x ``size`` (bicubic, aspect ratio not kept, no crop),
+    as a tensor normalised with the model's ``mean`` and ``std`` (greyscale for a one-channel model)."""
+    from torchvision import transforms
 
-    def apply(image):
-        return transform(image.resize((size, size), Image.Resampling.BICUBIC))
-
-    return apply
+    steps = [transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC)]
+    if len(mean) == 1:
+        steps.append(transforms.Grayscale())
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
 
 
 def measure(name: str | None, weights: str | None, args: argparse.Namespace, paths: list[Path]):
@@ -117,7 +118,7 @@ def measure(name: str | None, weights: str | None, args: argparse.Namespace, pat
     from overlock.inference import load_image, load_model
     from overlock.visualize import effective_receptive_field, erf_area_ratios, stage_features
 
-    loaded = load_model(name, weights, img_size=args.img_size, crop_pct=1.0)
+    loaded = load_model(name, weights)
     label = loaded.name if weights is None else f"{loaded.name} ({Path(weights).name})"
     try:
         features = stage_features(loaded.model, args.stage)
@@ -125,7 +126,7 @@ def measure(name: str | None, weights: str | None, args: argparse.Namespace, pat
         raise ValueError(f"{loaded.name}: {exc}") from None
     images: Iterator
     if paths:
-        transform = _squared(loaded.transform, args.img_size)
+        transform = replknet_transform(args.img_size, loaded.mean, loaded.std)
         images = (load_image(path, transform) for path in paths)
         wanted = args.num_images
     else:
