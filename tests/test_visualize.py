@@ -38,6 +38,9 @@ def test_contribution_map_of_one_conv_is_its_positive_weights():
         conv.bias.copy_(torch.tensor([1000.0, -1e6]))
     image = torch.rand(2, 7, 7)
     scores = contribution_map(conv, image)
+    conv.requires_grad_(False)
+    with torch.no_grad():
+        torch.testing.assert_close(contribution_map(conv, image), scores)
     expected = torch.zeros(7, 7)
     expected[2:5, 2:5] = kernel.clamp_min(0).sum(0)  # channel 0's weights; channel 1 is ReLU'd away
     torch.testing.assert_close(scores, expected)
@@ -193,6 +196,11 @@ def test_grad_cam_panels_explain_one_class_for_every_head_and_stage():
                                                   ("Focus-Net head", 3), ("Focus-Net head", 4)]
     for panel in panels:
         assert panel.cam.shape == (64, 48) and 0 <= panel.cam.min() and panel.cam.max() <= 1
+    model.requires_grad_(False)  # frozen and under no_grad, as the commands run it: the same maps
+    with torch.no_grad():
+        _, frozen = grad_cam_panels(model, image, target)
+    for panel, again in zip(panels, frozen):
+        torch.testing.assert_close(again.cam, panel.cam)
     target, panels = grad_cam_panels(timm.create_model("test_resnet").eval(), image, target=7)
     assert target == 7 and [(p.head, p.stage) for p in panels] == [("head", 3), ("head", 4)]
 

@@ -20,8 +20,8 @@ stage 3 and the Overview-Net's output) beside the main Focus-Net head (on the Fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,9 +65,10 @@ def contribution_map(feature_fn: Callable[[Tensor], Tensor], image: Tensor) -> T
     """(H, W) contribution of each input pixel of ``image`` (C, H, W) to the centre of ``feature_fn``'s output:
     the input gradient of the summed ReLU'd centre pixel, ReLU'd and summed over the colour channels."""
     x = image[None].detach().clone().requires_grad_(True)
-    feats = feature_fn(x)
-    h, w = feats.shape[-2:]
-    score = F.relu(feats[:, :, h // 2, w // 2]).sum()
+    with torch.enable_grad():  # the graph is needed whatever the caller's mode and the parameters' requires_grad
+        feats = feature_fn(x)
+        h, w = feats.shape[-2:]
+        score = F.relu(feats[:, :, h // 2, w // 2]).sum()
     (grad,) = torch.autograd.grad(score, x)
     return F.relu(grad).sum(dim=(0, 1))
 
@@ -193,15 +194,15 @@ class CamPanel:
 def grad_cam_panels(model: nn.Module, image: Tensor, target: int | None = None) -> tuple[int, list[CamPanel]]:
     """Grad-CAM maps of class ``target`` (the main head's top class when None) for every head and stage of
     :func:`head_activations`, at the resolution of ``image`` (C, H, W), and the class explained."""
-    heads = head_activations(model, image[None])
-    if target is None:
-        target = int(heads[-1].logits.argmax(1))
-    panels = []
-    for head in heads:
-        maps = grad_cam_maps(head.logits[0, target], list(head.stages.values()), image.shape[-2:])
-        probabilities = head.logits.detach().softmax(1)[0]
-        top = int(probabilities.argmax())
-        panels += [CamPanel(head.name, stage, cam, top, float(probabilities[top]))
-                   for stage, cam in zip(head.stages, maps)]
+    with torch.enable_grad():  # the graph is needed whatever the caller's mode and the parameters' requires_grad
+        heads = head_activations(model, image[None].detach().requires_grad_(True))
+        if target is None:
+            target = int(heads[-1].logits.argmax(1))
+        panels = []
+        for head in heads:
+            maps = grad_cam_maps(head.logits[0, target], list(head.stages.values()), image.shape[-2:])
+            probabilities = head.logits.detach().softmax(1)[0]
+            top = int(probabilities.argmax())
+            panels += [CamPanel(head.name, stage, cam, top, float(probabilities[top]))
+                       for stage, cam in zip(head.stages, maps)]
     return target, panels
-

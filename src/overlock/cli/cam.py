@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from overlock.visualize import grad_cam_panels
 
     loaded = load_model(model_name(args), args.weights, img_size=args.img_size)
+    loaded.model.requires_grad_(False)  # Grad-CAM needs the features' gradients only
     image = load_image(args.image, loaded.transform)
     if args.target is not None and args.target >= loaded.num_classes:
         raise ValueError(f"--target {args.target}: the model has {loaded.num_classes} classes "

@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .args import MODEL_HELP, positive_int
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 _logger = logging.getLogger(__name__)
 
@@ -111,7 +115,7 @@ def replknet_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...
     return transforms.Compose(steps)
 
 
-def measure(name: str | None, weights: str | None, args: argparse.Namespace, paths: list[Path]):
+def measure(name: str | None, weights: str | None, args: argparse.Namespace, paths: list[Path]) -> tuple[Tensor, ErfRow]:
     """One model's mean contribution map at ``args.stage`` and its table row."""
     import torch
 
@@ -119,6 +123,7 @@ def measure(name: str | None, weights: str | None, args: argparse.Namespace, pat
     from overlock.visualize import effective_receptive_field, erf_area_ratios, stage_features
 
     loaded = load_model(name, weights)
+    loaded.model.requires_grad_(False)  # only the input's gradient is needed: no activations kept for weight gradients
     label = loaded.name if weights is None else f"{loaded.name} ({Path(weights).name})"
     try:
         features = stage_features(loaded.model, args.stage)
@@ -170,7 +175,7 @@ def write_table(rows: list[ErfRow], path: str) -> None:
         Path(path).write_text(markdown_table(rows) + "\n")
 
 
-def save_heatmaps(maps: list, rows: list[ErfRow], path: str) -> None:
+def save_heatmaps(maps: list[Tensor], rows: list[ErfRow], path: str) -> None:
     """One heat map of ``log10(1 + ERF)`` scaled to [0, 1] per model, side by side, in the colours of RepLKNet's
     figures (the upper, yellow-to-green half of RdYlGn)."""
     import matplotlib
