@@ -107,6 +107,7 @@ def _cases(f: dict[str, Path]) -> dict[str, tuple[list, str]]:
         "erf missing folder": (["erf", "--model", "test_overlock", "--images", f["missing"]],
                                "image or folder not found"),
         "erf no model": (["erf", "--img-size", "32"], "name a model with --model NAME"),
+        "cam stage the model lacks": (["cam", image, "--model", "test_vit"], "the model has no stage 4 (stride 32)"),
         "cam target out of range": (["cam", image, "--model", "test_overlock", "--target", "1000"],
                                     "--target 1000: the model has 1000 classes"),
         "export features-only folder": (["export", f["out"], "--model", "test_overlock", "--features-only"],

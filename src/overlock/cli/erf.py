@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=positive_int, default=1024,
                         help="side the images are resized to (RepLKNet and the paper: 1024)")
     parser.add_argument("--out", default="erf.png", help="output PNG: the heat maps side by side")
-    parser.add_argument("--table", help="also write the table of area ratios here (.md: Markdown, .csv: CSV)")
+    parser.add_argument("--table", help="also write the table of area ratios here (CSV for a .csv name, else Markdown)")
 
 
 @dataclass
@@ -162,7 +162,7 @@ def markdown_table(rows: list[ErfRow]) -> str:
 
 
 def write_table(rows: list[ErfRow], path: str) -> None:
-    """The table as Markdown (``.md``) or CSV with the ratios as fractions (``.csv``)."""
+    """The table as CSV with the ratios as fractions (a ``.csv`` path), else as Markdown."""
     if path.endswith(".csv"):
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
