@@ -235,7 +235,7 @@ def test_erf_command_compares_models_on_a_folder(tmp_path, capsys):
     out, table = tmp_path / "erf.png", tmp_path / "erf.csv"
     assert main(["erf", "--model", "test_overlock", "--model", "test_resnet", "--images", str(images),
                  "--num-images", "1", "--stage", "3", "--img-size", "32", "--out", str(out), "--table",
-                 str(table)]) == 0
+                 str(table), "--save-matrices", str(tmp_path / "matrices")]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "| test_overlock | 3 | 1 | 32x32 |" in printed and "| test_resnet | 3 | 1 | 32x32 |" in printed
@@ -244,6 +244,12 @@ def test_erf_command_compares_models_on_a_folder(tmp_path, capsys):
     for row in rows:
         ratios = [float(row[f"ratio_t{t}"]) for t in (0.2, 0.3, 0.5) if row[f"ratio_t{t}"]]
         assert ratios == sorted(ratios) and all(0 < r <= 1 for r in ratios)
+        # the saved matrix (RepLKNet's .npy) gives the table's ratios by RepLKNet's rules
+        matrix = np.load(tmp_path / "matrices" / f"{row['model']}.npy")
+        assert matrix.shape == (32, 32) and matrix.min() >= 0
+        expected = _replknet_ratios(matrix, (0.2, 0.3, 0.5, 0.99))
+        table_ratios = [float(row[f"ratio_t{t}"]) if row[f"ratio_t{t}"] else None for t in (0.2, 0.3, 0.5, 0.99)]
+        assert table_ratios == pytest.approx(expected, abs=1e-6)
     markdown = tmp_path / "erf.md"
     assert main(["erf", "test_overlock", "--img-size", "32", "--num-random", "1", "--out", str(out), "--table",
                  str(markdown)]) == 0

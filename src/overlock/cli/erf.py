@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="side the images are resized to (RepLKNet and the paper: 1024)")
     parser.add_argument("--out", default="erf.png", help="output PNG: the heat maps side by side")
     parser.add_argument("--table", help="also write the table of area ratios here (CSV for a .csv name, else Markdown)")
+    parser.add_argument("--save-matrices", metavar="DIR",
+                        help="also write each model's mean contribution map (before the log scale) as DIR/LABEL.npy, "
+                             "the matrix RepLKNet's visualize_erf.py saves and analyze_erf.py reads")
 
 
 @dataclass
@@ -175,6 +178,18 @@ def write_table(rows: list[ErfRow], path: str) -> None:
         Path(path).write_text(markdown_table(rows) + "\n")
 
 
+def save_matrices(maps: list[Tensor], rows: list[ErfRow], folder: str) -> None:
+    """Each mean contribution map as ``folder/LABEL.npy`` (float64), LABEL being the table's model label with
+    anything but letters, digits, '.', '-' and '_' turned into '_'."""
+    import re
+
+    import numpy as np
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for erf, row in zip(maps, rows):
+        np.save(Path(folder) / (re.sub(r"[^\w.-]+", "_", row.label).strip("_") + ".npy"), erf.double().numpy())
+
+
 def save_heatmaps(maps: list[Tensor], rows: list[ErfRow], path: str) -> None:
     """One heat map of ``log10(1 + ERF)`` scaled to [0, 1] per model, side by side, in the colours of RepLKNet's
     figures (the upper, yellow-to-green half of RdYlGn)."""
@@ -207,9 +222,11 @@ def run(args: argparse.Namespace) -> int:
     maps, rows = [], []
     for name, weights in entries:
         erf, row = measure(name, weights, args, paths)
-        maps.append(erf.float())
+        maps.append(erf)
         rows.append(row)
     save_heatmaps(maps, rows, args.out)
+    if args.save_matrices:
+        save_matrices(maps, rows, args.save_matrices)
     table = markdown_table(rows)
     if args.table:
         write_table(rows, args.table)
