@@ -352,7 +352,7 @@ class ContMixMixer(nn.Module):
         if dim % (2 * num_groups):
             raise ValueError(f"dim {dim} must be divisible by 2 * num_groups = {2 * num_groups}")
         self.kernel_size = kernel_size
-        self.scale = (dim // (2 * num_groups)) ** -0.5
+        self.scale = (dim // num_groups) ** -0.5  # the official ContMix block's scale for its groups
         self.weight_query = query_projection(dim)
         self.weight_key = key_projection(dim, dim)
         self.weight_value = conv_bn(dim, dim)
