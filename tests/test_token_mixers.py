@@ -128,10 +128,11 @@ def _per_pixel_neighbourhood_attention(mixer: NeighbourhoodAttentionMixer, x: to
     return mixer.proj(out.reshape(batch, channels, height, width).float())
 
 
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("size, kernel_size", [((5, 6), 3), ((7, 8), 5)])
-def test_neighbourhood_attention_matches_per_pixel_loop(size, kernel_size):
+def test_neighbourhood_attention_matches_per_pixel_loop(size, kernel_size, backend):
     torch.manual_seed(0)
-    mixer = NeighbourhoodAttentionMixer(8, num_heads=2, kernel_size=kernel_size, backend="reference")
+    mixer = NeighbourhoodAttentionMixer(8, num_heads=2, kernel_size=kernel_size, backend=backend)
     with torch.no_grad():
         mixer.rpb.normal_()
     x = torch.randn(2, 8, *size)

@@ -20,7 +20,7 @@ pixel gathers its neighbours:
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +58,8 @@ def _per_sample_depthwise(x: Tensor, weight: Tensor, padding: int) -> Tensor:
     """Depthwise convolution of every sample with its own (B, C, k, k) kernels: one grouped convolution over the
     batch folded into the channels."""
     batch, channels, height, width = x.shape
-    out = F.conv2d(x.reshape(1, batch * channels, height, width), weight.reshape(batch * channels, 1, *weight.shape[-2:]),
-                   padding=padding, groups=batch * channels)
+    kernels = weight.reshape(batch * channels, 1, *weight.shape[-2:])
+    out = F.conv2d(x.reshape(1, batch * channels, height, width), kernels, padding=padding, groups=batch * channels)
     return out.reshape(batch, channels, height, width)
 
 
@@ -74,10 +74,10 @@ class DyConvMixer(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         self.temperature = temperature
+        hidden = max(dim // 4, 4)
         self.proj_in = _pointwise(dim)
         self.attention = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, max(dim // 4, 4), 1), nn.ReLU(),
-            nn.Conv2d(max(dim // 4, 4), num_kernels, 1),
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, num_kernels, 1)
         )
         self.weight = nn.Parameter(torch.empty(num_kernels, dim, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(num_kernels, dim))
@@ -279,7 +279,7 @@ class ShiftedWindowMixer(nn.Module):
         self.attn = WindowAttention(dim, num_heads, window_size=window)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, channels, height, width = x.shape
+        channels, height, width = x.shape[1:]
         w = self.window
         pad_h, pad_w = (-height) % w, (-width) % w
         x = F.pad(x, (0, pad_w, 0, pad_h)).permute(0, 2, 3, 1)  # (B, Hp, Wp, C)
@@ -378,7 +378,7 @@ def _head_groups(dim: int, head_dim: int = 32) -> int:
 
 
 # name -> builder(dim, kernel_size, block_index): the Table 7 rows' mixers with this project's settings
-TOKEN_MIXERS: Dict[str, Callable[[int, int, int], nn.Module]] = {
+TOKEN_MIXERS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "dyconv": lambda dim, k, i: DyConvMixer(dim, k),
     "odconv": lambda dim, k, i: ODConvMixer(dim, k),
     "involution": lambda dim, k, i: InvolutionMixer(dim, k),
