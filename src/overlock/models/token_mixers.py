@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..layers import ContMix, conv_bn
 from ..layers.contmix import REGION_GRID, key_projection, pool_to_size_of, query_projection, resize_for_kernel
-from ..ops import contmix_apply, neighbour_indices
+from ..ops import check_backend_name, contmix_apply, neighbour_indices
 
 __all__ = [
     "TOKEN_MIXERS",
@@ -321,7 +321,7 @@ class NeighbourhoodAttentionMixer(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.kernel_size = kernel_size
-        self.backend = backend
+        self.backend = check_backend_name(backend)
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Conv2d(dim, dim * 3, 1)
         self.rpb = nn.Parameter(torch.empty(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
