@@ -260,6 +260,10 @@ def test_network_forward_backward_and_features():
     torch.testing.assert_close(model.forward_head(final), model(x))
     assert model.forward_head(final, pre_logits=True).shape == (2, 128)
     assert len(model.forward_intermediates(x, indices=[1], intermediates_only=True)) == 1
+    model.set_grad_checkpointing()
+    torch.testing.assert_close(model(x), model.forward_head(final))
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5)
     features = timm.create_model("overlock_mixer_swin", features_only=True, out_indices=(1, 3), **SMALL)
     assert features.feature_info.reduction() == [8, 32]
     assert [t.shape[1] for t in features(x)] == [64, 128]
