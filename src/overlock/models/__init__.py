@@ -7,6 +7,7 @@ from .overlock import (
     checkpoint_filter_fn,
     unwrap_state_dict,
 )
+from .swin_like import TABLE7, SwinLike
 
 __all__ = [
     "PASSES",
@@ -16,4 +17,6 @@ __all__ = [
     "OverLoCK",
     "checkpoint_filter_fn",
     "unwrap_state_dict",
+    "TABLE7",
+    "SwinLike",
 ]
