@@ -138,3 +138,26 @@ def test_train_pipelines_flip_crop_and_collate(tmp_path):
             assert (s.boxes[:, 2] <= w).all() and (s.boxes[:, 3] <= h).all()
     batch, samples = collate_detection([ds[0], CocoInstances(path, images, pipeline=EvalPipeline((64, 32)))[1]])
     assert batch.shape == (2, 3, 96, 128) and len(samples) == 2
+
+
+def test_generated_shapes_as_coco_instances(tmp_path):
+    from PIL import Image
+
+    from overlock.data.shapes import write_shapes_dataset
+
+    write_shapes_dataset(tmp_path, train=6, val=2, size=64, seed=1)
+    ds = CocoInstances(tmp_path / "annotations" / "instances_train.json", tmp_path / "images" / "train",
+                       pipeline=lambda inst: inst)
+    assert ds.classes == ["disc", "square", "triangle"] and len(ds) == 6
+    for index in range(len(ds)):
+        inst, meta = ds.load(index)
+        classes = np.asarray(Image.open(tmp_path / "masks" / "train" / f"{index:05d}.png"))
+        assert 1 <= len(inst.labels) <= 2
+        for box, label, mask in zip(inst.boxes, inst.labels, inst.masks):
+            x1, y1, x2, y2 = box.astype(int)
+            exact = np.zeros_like(classes, dtype=bool)  # this shape's pixels (two shapes may share a class)
+            exact[y1:y2, x1:x2] = classes[y1:y2, x1:x2] == label + 1
+            rows, cols = np.nonzero(exact)
+            assert box.tolist() == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]  # tight boxes
+            overlap = (exact & (mask > 0)).sum() / (exact | (mask > 0)).sum()
+            assert overlap == 1.0 if label == 0 else overlap > 0.9  # discs as RLE (exact), others as polygons

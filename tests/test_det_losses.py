@@ -8,8 +8,7 @@ import torch
 
 from overlock.detection.losses import (MASK_RCNN_TRAIN, AssignSample, RoIStage, box_head_loss, giou_loss,
                                        mask_head_loss, rpn_loss)
-from overlock.detection.targets import (anchor_valid_flags, assign_max_iou, decode_deltas, encode_deltas,
-                                        mask_targets, sample_random)
+from overlock.detection.targets import anchor_valid_flags, assign_max_iou, mask_targets, sample_random
 
 
 def test_max_iou_assignment_thresholds_and_low_quality_matches():
@@ -34,17 +33,6 @@ def test_random_sampler_counts_and_gt_as_proposals():
     s = sample_random(boxes[10:12], assigned[10:12], gt, 16, 0.25, True)
     assert s.pos_is_gt.tolist() == [True] and len(s.neg_index) == 2
     assert torch.equal(s.boxes[0], gt[0]) and s.pos_gt.tolist() == [0]
-
-
-def test_box_deltas_by_hand():
-    box, target = torch.tensor([[0.0, 0, 8, 8]]), torch.tensor([[1.0, 0, 9, 16]])
-    # centres (4, 4) -> (5, 8); sizes 8x8 -> 8x16
-    expected = torch.tensor([[1 / 8 / 0.1, 4 / 8 / 0.1, 0.0, math.log(2) / 0.2]])
-    deltas = encode_deltas(box, target, (0.1, 0.1, 0.2, 0.2))
-    torch.testing.assert_close(deltas, expected)
-    torch.testing.assert_close(decode_deltas(box, deltas, (0.1, 0.1, 0.2, 0.2)), target)
-    clipped = decode_deltas(box, deltas, (0.1, 0.1, 0.2, 0.2), max_shape=(12, 20))
-    assert clipped.tolist() == [[1.0, 0.0, 9.0, 12.0]]
 
 
 def test_rpn_loss_two_anchors_one_gt():

@@ -23,9 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .targets import anchor_valid_flags, assign_max_iou, decode_deltas, encode_deltas, mask_targets, sample_random
+from .boxes import DeltaXYWHCoder
+from .roi_heads import BOX_STDS, CASCADE_STDS
+from .rpn import RPNTestConfig
+from .targets import anchor_valid_flags, assign_max_iou, mask_targets, sample_random
 
 ANCHOR_STRIDES = (4, 8, 16, 32, 64)
+RPN_CODER = DeltaXYWHCoder()
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class DetectorTrainCfg:
     proposal_nms_pre: int = 2000
     proposal_max_per_img: int = 1000
     proposal_nms_iou: float = 0.7
-    stages: tuple[RoIStage, ...] = (RoIStage(AssignSample(0.5, 0.5, 0.5, True, 512, 0.25, True), (0.1, 0.1, 0.2, 0.2)),)
+    stages: tuple[RoIStage, ...] = (RoIStage(AssignSample(0.5, 0.5, 0.5, True, 512, 0.25, True), BOX_STDS),)
     mask_size: int = 28
 
 
@@ -72,8 +76,7 @@ MASK_RCNN_TRAIN = DetectorTrainCfg()
 CASCADE_TRAIN = DetectorTrainCfg(
     rpn_box_loss="smooth_l1", proposal_max_per_img=2000,
     stages=tuple(RoIStage(AssignSample(iou, iou, iou, False, 512, 0.25, True), stds, weight, "giou", 10.0)
-                 for iou, stds, weight in ((0.5, (0.1, 0.1, 0.2, 0.2), 1.0), (0.6, (0.05, 0.05, 0.1, 0.1), 0.5),
-                                           (0.7, (0.033, 0.033, 0.067, 0.067), 0.25))),
+                 for iou, stds, weight in zip((0.5, 0.6, 0.7), CASCADE_STDS, (1.0, 0.5, 0.25))),
 )
 
 
@@ -119,7 +122,7 @@ def rpn_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor], anchors
         chosen_logits.append(logits[i, index])
         chosen_labels.append(torch.cat([torch.ones(len(sampled.pos_index)), torch.zeros(len(sampled.neg_index))]))
         pos_deltas.append(deltas[i, valid_index[sampled.pos_index]])
-        pos_targets.append(encode_deltas(boxes[sampled.pos_index], gt_boxes[i][sampled.pos_gt]))
+        pos_targets.append(RPN_CODER.encode(boxes[sampled.pos_index], gt_boxes[i][sampled.pos_gt]))
     chosen = torch.cat(chosen_logits)
     count = max(len(chosen), 1)
     labels = torch.cat(chosen_labels).to(chosen)
@@ -158,6 +161,7 @@ def box_head_loss(cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, sampled: S
     count = len(labels)
     loss_cls = F.cross_entropy(cls_score, labels, reduction="sum") / max(count, 1)
     positive = labels < num_classes
+    coder = DeltaXYWHCoder(stds=stage.stds)
     pos_rois, pos_gt_boxes = rois[positive, 1:], torch.cat(targets).to(rois)
     if bbox_pred.shape[1] == 4:  # class-agnostic (Cascade)
         pos_pred = bbox_pred[positive]
@@ -166,9 +170,9 @@ def box_head_loss(cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, sampled: S
     if not positive.any():
         loss_box = bbox_pred.sum() * 0
     elif stage.box_loss == "giou":
-        loss_box = giou_loss(decode_deltas(pos_rois, pos_pred, stage.stds), pos_gt_boxes).sum() / count
+        loss_box = giou_loss(coder.decode(pos_rois, pos_pred), pos_gt_boxes).sum() / count
     else:
-        loss_box = (pos_pred - encode_deltas(pos_rois, pos_gt_boxes, stage.stds)).abs().sum() / count
+        loss_box = (pos_pred - coder.encode(pos_rois, pos_gt_boxes)).abs().sum() / count
     return dict(loss_cls=loss_cls * stage.weight, loss_bbox=loss_box * stage.box_loss_weight * stage.weight)
 
 
@@ -192,11 +196,10 @@ def refine_proposals(rois: Tensor, bbox_pred: Tensor, sampled: Sequence, stds: S
                      img_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
     """Cascade's ``refine_bboxes``: each image's RoIs moved by the (class-agnostic) deltas, clipped to its image,
     gt boxes added as proposals left out."""
-    refined, start = [], 0
+    refined, start, coder = [], 0, DeltaXYWHCoder(stds=tuple(stds))
     for i, s in enumerate(sampled):
         count = len(s.pos_index) + len(s.neg_index)
-        boxes = decode_deltas(rois[start:start + count, 1:], bbox_pred[start:start + count].detach(), stds,
-                              img_shapes[i][:2])
+        boxes = coder.decode(rois[start:start + count, 1:], bbox_pred[start:start + count].detach(), img_shapes[i])
         keep = torch.ones(count, dtype=torch.bool, device=boxes.device)
         keep[:len(s.pos_index)] = ~s.pos_is_gt
         refined.append(boxes[keep])
@@ -214,12 +217,12 @@ def detector_losses(model: Any, images: Tensor, gt_boxes: Sequence[Tensor], gt_l
     anchors = model.anchors(feats)
     losses = rpn_loss(cls_scores, bbox_preds, anchors, gt_boxes, [m["pad_shape"] for m in img_metas], cfg, generator)
     with torch.no_grad():
-        proposals = model.proposals([s.detach() for s in cls_scores], [d.detach() for d in bbox_preds], anchors,
-                                    img_metas, nms_pre=cfg.proposal_nms_pre, max_per_img=cfg.proposal_max_per_img,
-                                    iou_threshold=cfg.proposal_nms_iou)
+        proposals = model.proposals(cls_scores, bbox_preds, anchors, img_metas, RPNTestConfig(
+            cfg.proposal_nms_pre, cfg.proposal_max_per_img, cfg.proposal_nms_iou, 0.0))
     proposals = [p[:, :4] for p in proposals]
     cascade = len(cfg.stages) > 1
     num_classes = model.num_classes
+    feats = feats[:len(model.roi_head.bbox_roi_extractor.strides)]  # the RoI heads read strides 4-32
     for index, stage in enumerate(cfg.stages):
         sampled = sample_rois(proposals, gt_boxes, stage, generator)
         rois = rois_of([s.boxes for s in sampled])

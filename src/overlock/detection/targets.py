@@ -5,7 +5,6 @@
   whose best IoU reaches ``min_pos_iou`` also claims every box at that best IoU (ties included).
 - ``sample_random`` is ``RandomSampler``: at most ``num * pos_fraction`` positives drawn at random, negatives
   fill the rest of ``num``.
-- ``encode_deltas``/``decode_deltas`` are ``DeltaXYWHBBoxCoder`` (means 0; no +1 in widths).
 - ``mask_targets`` is ``mask_target``: each positive box (clipped to the mask) cut out of its gt mask with
   RoIAlign (scale 1, adaptive sampling, aligned) at 28 x 28, then >= 0.5.
 """
@@ -20,7 +19,6 @@ from torch import Tensor
 from torchvision.ops import box_iou, roi_align
 
 IGNORED, NEGATIVE = -1, 0
-DELTA_CLAMP = abs(math.log(16 / 1000))
 
 
 def assign_max_iou(boxes: Tensor, gt_boxes: Tensor, pos_iou: float, neg_iou: float, min_pos_iou: float,
@@ -74,33 +72,6 @@ def sample_random(boxes: Tensor, assigned: Tensor, gt_boxes: Tensor, num: int, p
     pos = _random_subset(torch.nonzero(assigned > 0).flatten(), int(num * pos_fraction), generator).unique()
     neg = _random_subset(torch.nonzero(assigned == 0).flatten(), num - len(pos), generator).unique()
     return Sampled(pos, neg, assigned[pos] - 1, is_gt[pos], torch.cat([boxes[pos], boxes[neg]]))
-
-
-def encode_deltas(boxes: Tensor, targets: Tensor, stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
-    """(dx, dy, dw, dh) / stds taking ``boxes`` to ``targets`` (both (N, 4) x1, y1, x2, y2)."""
-    pw, ph = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    px, py = boxes[:, 0] + 0.5 * pw, boxes[:, 1] + 0.5 * ph
-    gw, gh = targets[:, 2] - targets[:, 0], targets[:, 3] - targets[:, 1]
-    gx, gy = targets[:, 0] + 0.5 * gw, targets[:, 1] + 0.5 * gh
-    deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
-    return deltas / deltas.new_tensor(stds)
-
-
-def decode_deltas(boxes: Tensor, deltas: Tensor, stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-                  max_shape: Sequence[int] | None = None) -> Tensor:
-    """Inverse of ``encode_deltas`` for (N, 4) deltas, dw and dh clamped to +-log(1000/16); clipped to
-    ``max_shape`` (height, width) when given."""
-    deltas = deltas * deltas.new_tensor(stds)
-    pw, ph = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    px, py = boxes[:, 0] + 0.5 * pw, boxes[:, 1] + 0.5 * ph
-    dw, dh = deltas[:, 2].clamp(-DELTA_CLAMP, DELTA_CLAMP), deltas[:, 3].clamp(-DELTA_CLAMP, DELTA_CLAMP)
-    gx, gy = px + pw * deltas[:, 0], py + ph * deltas[:, 1]
-    gw, gh = pw * dw.exp(), ph * dh.exp()
-    decoded = torch.stack([gx - 0.5 * gw, gy - 0.5 * gh, gx + 0.5 * gw, gy + 0.5 * gh], dim=1)
-    if max_shape is not None:
-        decoded[:, 0::2] = decoded[:, 0::2].clamp(0, max_shape[1])
-        decoded[:, 1::2] = decoded[:, 1::2].clamp(0, max_shape[0])
-    return decoded
 
 
 def mask_targets(pos_boxes: Tensor, pos_gt: Tensor, gt_masks: Tensor, size: int = 28) -> Tensor:
