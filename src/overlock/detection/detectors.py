@@ -138,7 +138,7 @@ class MaskRCNN(nn.Module):
         cls_scores, bbox_preds = self.rpn_head(features)
         size = torch.tensor(images.shape[-2:][::-1], dtype=images.dtype, device=images.device).repeat(2)
         fractions = torch.linspace(0.1, 0.9, num_rois, dtype=images.dtype, device=images.device)[:, None]
-        boxes = torch.cat([fractions * 0.5, fractions], dim=1) * size
+        boxes = torch.cat([fractions * 0.5, fractions * 0.5, fractions, fractions], dim=1) * size
         rois = torch.cat([boxes.new_zeros(num_rois, 1), boxes], dim=1)
         return [*cls_scores, *bbox_preds, *self.roi_head.forward_dummy(features, rois, num_mask_rois)]
 
