@@ -27,35 +27,42 @@ def fixture() -> dict:
     return _load(FIXTURE)
 
 
-def _run(record: dict, inputs: dict) -> dict:
-    """Build the detector from the record's mmdet config (another seed than the fixture's), load its weights
-    strictly, and compute every intermediate output once."""
+def _build(record: dict) -> torch.nn.Module:
+    """The detector of the record's mmdet config (another seed than the fixture's), its weights loaded strictly."""
     torch.manual_seed(1)
-    config = dict(record["config"], test_cfg=record["test_cfg"])
-    model = detector_from_mmdet_config(config).eval()
-    load_detector_weights(model, record["state_dict"])
+    model = detector_from_mmdet_config(dict(record["config"], test_cfg=record["test_cfg"])).eval()
+    return load_detector_weights(model, record["state_dict"])
+
+
+def _run(model: torch.nn.Module, inputs: dict, features: list | None = None) -> dict:
+    """Every intermediate output, computed once; ``features``: backbone outputs already computed with the same
+    backbone weights (the backbone is the slow part on the CPU)."""
     images, metas = inputs["img"], inputs["img_metas"]
     out: dict = dict(model=model, state_keys=list(model.state_dict()))
     with torch.no_grad():
-        out["backbone"] = model.backbone(images)
+        out["backbone"] = features if features is not None else model.backbone(images)
         feats = out["fpn"] = model.neck(out["backbone"])
         out["anchors"] = model.anchors(feats)
         out["rpn_cls"], out["rpn_reg"] = model.rpn_head(feats)
         out["proposals"] = model.proposals(out["rpn_cls"], out["rpn_reg"], out["anchors"], metas)
         out["results"] = model.simple_test(images, metas, rescale=True)
-        # what ``detect`` returns, from the features above (the backbone is the slow part on the CPU)
+        # what ``detect`` returns, from the features above
         out["flat"] = model.roi_head.simple_test(feats[:4], out["proposals"], metas, model.test_cfg.rcnn)
     return out
 
 
 @pytest.fixture(scope="module")
 def maskrcnn(fixture) -> dict:
-    return _run(fixture, fixture["inputs"])
+    return _run(_build(fixture), fixture["inputs"])
 
 
 @pytest.fixture(scope="module")
-def cascade(fixture) -> dict:
-    return _run(fixture["cascade"], fixture["inputs"])
+def cascade(fixture, maskrcnn) -> dict:
+    """The Cascade record shares the Mask R-CNN's backbone tensors (checked), so its backbone outputs are reused."""
+    model = _build(fixture["cascade"])
+    shared = {k: v for k, v in fixture["state_dict"].items() if k.startswith("backbone.")}
+    assert all(torch.equal(fixture["cascade"]["state_dict"][k], v) for k, v in shared.items())
+    return _run(model, fixture["inputs"], maskrcnn["backbone"])
 
 
 @pytest.fixture(params=["maskrcnn", "cascade"])
