@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 from overlock.detection import (
-    AnchorGenerator, DeltaXYWHCoder, RPNTestConfig, batched_nms, map_roi_levels, multiclass_nms, paste_masks,
+    AnchorGenerator,
+    DeltaXYWHCoder,
+    RPNTestConfig,
+    batched_nms,
+    map_roi_levels,
+    multiclass_nms,
+    paste_masks,
     select_proposals,
 )
 

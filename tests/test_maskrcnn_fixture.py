@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SHARED, rel_err
+
 from overlock.detection import boxes_to_rois, detector_from_mmdet_config, load_detector_weights
 
 FIXTURE = SHARED / "fixtures" / "official_maskrcnn_tiny.pt"

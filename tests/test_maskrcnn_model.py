@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
+import timm
 import torch
+from conftest import SHARED
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import SHARED
 from overlock.analysis import _custom_flop_formulas
 from overlock.detection import (
-    CascadeMaskRCNN, MaskRCNN, create_cascade_maskrcnn, create_maskrcnn, load_detector_weights, load_official_detector,
+    CascadeMaskRCNN,
+    DetectorConfig,
+    MaskRCNN,
+    create_cascade_maskrcnn,
+    create_detector,
+    create_maskrcnn,
+    load_detector_weights,
+    load_official_detector,
     recognise_detector,
 )
 from overlock.models import CheckpointMismatchError
@@ -124,3 +132,39 @@ def test_cascade_flops_match_the_paper(variant):
     with torch.device("meta"):
         gmacs = cascade_gmacs(create_cascade_maskrcnn(variant))
     assert gmacs == pytest.approx(PAPER_CASCADE_GMACS[variant], rel=0.05)
+
+
+def test_backbone_weights_from_a_classification_checkpoint(tmp_path):
+    """ImageNet weights go into the backbone (classifier heads dropped); the dense-only norms and fusion keep their
+    initial values; the rest of the detector is untouched by them."""
+    torch.manual_seed(0)
+    classifier = timm.create_model("test_overlock")
+    path = tmp_path / "imagenet.pth"
+    torch.save(classifier.state_dict(), path)
+    config = DetectorConfig(backbone="test_overlock", num_classes=3, fpn_channels=16, rpn_channels=16,
+                            fc_channels=32, mask_channels=16)
+    torch.manual_seed(1)
+    fresh = create_detector(config)
+    torch.manual_seed(1)
+    model = create_detector(config, backbone_weights=path)
+    loaded = model.state_dict()
+    for key, value in classifier.state_dict().items():
+        if not key.startswith(("head.", "aux_head.")):
+            assert torch.equal(loaded[f"backbone.{key}"], value), key
+    for key, value in fresh.state_dict().items():
+        if not key.startswith("backbone.") or key.startswith(("backbone.extra_norm.", "backbone.h_proj.")):
+            assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.slow
+def test_forward_dummy_costs_what_the_flops_count_assumes():
+    """On real tensors (small model and image), mmdet's ``forward_dummy`` counts the same MACs as the piecewise
+    count used on the meta device above."""
+    config = DetectorConfig(backbone="test_overlock", num_classes=3, cascade=True, fpn_channels=16, rpn_channels=16,
+                            fc_channels=32, conv_channels=16, mask_channels=16)
+    model = create_detector(config).eval()
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas()) as counter:
+        outs = model.forward_dummy(torch.zeros(1, 3, 128, 192))
+    assert len(outs) == 5 + 5 + 3 * 2 + 3
+    assert outs[-1].shape == (100, 3, 28, 28) and outs[10].shape == (1000, 4)
+    assert counter.get_total_flops() / 2e9 == pytest.approx(cascade_gmacs(model, 128, 192), rel=1e-9)
