@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import SHARED, rel_err
 
-from overlock.detection import boxes_to_rois, detector_from_mmdet_config, load_detector_weights
+from overlock.detection import RCNNTestConfig, boxes_to_rois, detector_from_mmdet_config, load_detector_weights
+from overlock.detection.roi_heads import group_by_class
 
 FIXTURE = SHARED / "fixtures" / "official_maskrcnn_tiny.pt"
 TOLERANCE = 1e-5  # relative to the largest magnitude of the official output
@@ -197,3 +198,31 @@ def test_cascade_mask_rois_and_limits(fixture, cascade):
     mask_rois = model.roi_head.mask_rois([r["boxes"] for r in flat], fixture["inputs"]["img_metas"], rescale=True)
     torch.testing.assert_close(mask_rois, record["mask_rois"], rtol=0, atol=BOX_TOLERANCE)
     assert [len(r["scores"]) for r in flat] == [25, 25]  # max_per_img bites on both images
+
+
+def test_no_detections_gives_empty_results(fixture, case):
+    """Nothing above the score threshold: every class empty, masks (0, H, W) at the original size."""
+    ours, _ = case
+    model, metas = ours["model"], fixture["inputs"]["img_metas"]
+    cfg = RCNNTestConfig(score_thr=1.0)
+    with torch.no_grad():
+        results = model.roi_head.simple_test(ours["fpn"], ours["proposals"], metas, cfg)
+    for result, meta in zip(results, metas, strict=True):
+        assert result["boxes"].shape == (0, 4) and result["labels"].numel() == 0
+        assert result["masks"].shape == (0, *meta["ori_shape"][:2])
+        grouped = group_by_class(result["boxes"], result["scores"], result["labels"], result["masks"], 3)
+        assert [b.shape for b in grouped["boxes"]] == [(0, 5)] * 3
+
+
+def test_without_rescale_boxes_stay_in_input_pixels(fixture, case):
+    """``rescale=False``: boxes in input pixels (the rescaled ones times scale_factor, here where NMS in either unit
+    keeps the same boxes), masks at ``img_shape``."""
+    ours, _ = case
+    model, metas = ours["model"], fixture["inputs"]["img_metas"]
+    with torch.no_grad():
+        results = model.roi_head.simple_test(ours["fpn"], ours["proposals"], metas, model.test_cfg.rcnn, rescale=False)
+    for result, rescaled, meta in zip(results, ours["flat"], metas, strict=True):
+        assert torch.equal(result["labels"], rescaled["labels"])
+        scale = torch.tensor(meta["scale_factor"], dtype=torch.float32)
+        torch.testing.assert_close(result["boxes"], rescaled["boxes"] * scale, rtol=0, atol=1e-3)
+        assert result["masks"].shape[1:] == tuple(meta["img_shape"][:2])
