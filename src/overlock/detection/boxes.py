@@ -6,8 +6,8 @@ RoIs are (image index, x1, y1, x2, y2). See docs/detection.md for where this dif
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -50,7 +50,7 @@ class AnchorGenerator:
         hs = (stride * h_ratios[:, None] * scales[None, :]).reshape(-1)
         return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=-1)
 
-    def grid_anchors(self, size: Tuple[int, int], stride: int, device: torch.device | None = None,
+    def grid_anchors(self, size: tuple[int, int], stride: int, device: torch.device | None = None,
                      dtype: torch.dtype = torch.float32) -> Tensor:
         """The (H * W * A, 4) anchors of a level whose feature map is ``size`` = (H, W)."""
         base = self.base_anchors(stride, device).to(dtype)
@@ -60,8 +60,8 @@ class AnchorGenerator:
         shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 4)
         return (base[None, :, :] + shifts[:, None, :]).reshape(-1, 4)
 
-    def __call__(self, sizes: Sequence[Tuple[int, int]], device: torch.device | None = None,
-                 dtype: torch.dtype = torch.float32) -> List[Tensor]:
+    def __call__(self, sizes: Sequence[tuple[int, int]], device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32) -> list[Tensor]:
         """Anchors of every level, given each level's feature-map size (finest first)."""
         if len(sizes) != len(self.strides):
             raise ValueError(f"expected {len(self.strides)} feature levels, got {len(sizes)}")
@@ -109,7 +109,7 @@ class DeltaXYWHCoder:
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
-                split_threshold: int = NMS_SPLIT_THRESHOLD) -> Tuple[Tensor, Tensor]:
+                split_threshold: int = NMS_SPLIT_THRESHOLD) -> tuple[Tensor, Tensor]:
     """NMS within each group as mmcv 1.x's ``batched_nms`` does it: ``(dets (K, 5), keep (K,))``, by score.
 
     Boxes are shifted by ``group * (largest coordinate + 1)`` so that groups cannot overlap; below
@@ -134,7 +134,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
 
 
 def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float, iou_threshold: float,
-                   max_per_img: int) -> Tuple[Tensor, Tensor]:
+                   max_per_img: int) -> tuple[Tensor, Tensor]:
     """mmdet's ``multiclass_nms``: ``(dets (K, 5), labels (K,))`` by score, at most ``max_per_img``.
 
     ``boxes`` (N, 4 * classes) or class-agnostic (N, 4); ``scores`` (N, classes + 1), background last. Every

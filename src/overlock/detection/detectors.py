@@ -7,22 +7,30 @@ Module and parameter names are mmdet's (``backbone``, ``neck``, ``rpn_head``, ``
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import timm
 import torch
 from torch import Tensor, nn
 
-from ..models.overlock import CheckpointMismatchError, OverLoCK, mismatch_report
-from ..models.upernet import _OFFICIAL_ARGS
+from ..models.overlock import CheckpointMismatchError, OverLoCK, checkpoint_filter_fn, mismatch_report
+from ..models.upernet import _OFFICIAL_ARGS  # the official backbone arguments' names -> ours
 from ..weights_file import read_checkpoint
 from .boxes import AnchorGenerator, DeltaXYWHCoder
 from .necks import FPN
 from .roi_heads import (
-    BOX_STDS, CASCADE_STDS, CascadeRoIHead, ConvFCBBoxHead, FCNMaskHead, RCNNTestConfig, StandardRoIHead,
-    group_by_class, rcnn_test_config,
+    BOX_STDS,
+    CASCADE_STDS,
+    CascadeRoIHead,
+    ConvFCBBoxHead,
+    FCNMaskHead,
+    RCNNTestConfig,
+    StandardRoIHead,
+    group_by_class,
+    rcnn_test_config,
 )
 from .rpn import RPNHead, RPNTestConfig, rpn_test_config, select_proposals
 
@@ -32,10 +40,10 @@ __all__ = [
     "load_official_detector", "recognise_detector",
 ]
 
-ImgMeta = Dict[str, Any]
+ImgMeta = dict[str, Any]
 
 # the paper's detection backbones: variant -> timm model
-DETECTOR_VARIANTS: Dict[str, str] = {"t": "overlock_t", "s": "overlock_s", "b": "overlock_b"}
+DETECTOR_VARIANTS: dict[str, str] = {"t": "overlock_t", "s": "overlock_s", "b": "overlock_b"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ class TestConfig:
     rcnn: RCNNTestConfig = field(default_factory=RCNNTestConfig)
 
     @classmethod
-    def from_mmdet(cls, test_cfg: Dict[str, Any]) -> "TestConfig":
+    def from_mmdet(cls, test_cfg: dict[str, Any]) -> TestConfig:
         """From an mmdet ``test_cfg`` dict (``rpn`` and ``rcnn`` entries)."""
         return cls(rpn_test_config(test_cfg["rpn"]), rcnn_test_config(test_cfg["rcnn"]))
 
@@ -59,7 +67,7 @@ class DetectorConfig:
     ``drop_path_rate``). Cascade stages use Swin's box head (4 conv-BN-ReLU, 1 fc, class-agnostic deltas)."""
 
     backbone: str = "overlock_t"
-    backbone_args: Dict[str, Any] = field(default_factory=dict)
+    backbone_args: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 80
     cascade: bool = False
     fpn_channels: int = 256
@@ -79,27 +87,27 @@ class MaskRCNN(nn.Module):
     """
 
     def __init__(self, backbone: OverLoCK, neck: FPN, rpn_head: RPNHead, roi_head: StandardRoIHead,
-                 test_cfg: TestConfig = TestConfig(), anchor_generator: AnchorGenerator = AnchorGenerator()):
+                 test_cfg: TestConfig | None = None, anchor_generator: AnchorGenerator | None = None):
         super().__init__()
         self.backbone = backbone
         self.neck = neck
         self.rpn_head = rpn_head
         self.roi_head = roi_head
-        self.test_cfg = test_cfg
-        self.anchor_generator = anchor_generator
+        self.test_cfg = test_cfg or TestConfig()
+        self.anchor_generator = anchor_generator or AnchorGenerator()
         self.rpn_coder = DeltaXYWHCoder()
         self.num_classes = roi_head.num_classes
 
-    def extract_feat(self, images: Tensor) -> List[Tensor]:
+    def extract_feat(self, images: Tensor) -> list[Tensor]:
         """The FPN levels (strides 4-64, 5 maps) of a batch."""
         return self.neck(self.backbone(images))
 
-    def anchors(self, features: Sequence[Tensor]) -> List[Tensor]:
+    def anchors(self, features: Sequence[Tensor]) -> list[Tensor]:
         """Per level the (H * W * A, 4) anchors in input pixels, for the levels' feature maps."""
         return self.anchor_generator([f.shape[-2:] for f in features], features[0].device, features[0].dtype)
 
     def proposals(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor], anchors: Sequence[Tensor],
-                  img_metas: Sequence[ImgMeta], cfg: Optional[RPNTestConfig] = None) -> List[Tensor]:
+                  img_metas: Sequence[ImgMeta], cfg: RPNTestConfig | None = None) -> list[Tensor]:
         """Per image the RPN proposals (n, 5) = (x1, y1, x2, y2, score) in input pixels (``cfg``: the test
         configuration by default; training passes its own ``rpn_proposal`` settings)."""
         cfg = cfg or self.test_cfg.rpn
@@ -109,28 +117,27 @@ class MaskRCNN(nn.Module):
             for i, meta in enumerate(img_metas)
         ]
 
-    def detect(self, images: Tensor, img_metas: Sequence[ImgMeta], rescale: bool = True) -> List[Dict[str, Tensor]]:
+    def detect(self, images: Tensor, img_metas: Sequence[ImgMeta], rescale: bool = True) -> list[dict[str, Tensor]]:
         """Per image, by score: ``boxes`` (k, 4), ``scores`` (k,), ``labels`` (k,) and ``masks`` (k, H, W) bool, in
         original-image pixels with ``rescale`` (else in input pixels, masks at ``img_shape``)."""
         check_img_metas(images, img_metas)
         features = self.extract_feat(images)
         cls_scores, bbox_preds = self.rpn_head(features)
         proposals = self.proposals(cls_scores, bbox_preds, self.anchors(features), img_metas)
-        return self.roi_head.simple_test(features[:len(self.roi_head.bbox_roi_extractor.strides)], proposals,
-                                         img_metas, self.test_cfg.rcnn, rescale)
+        return self.roi_head.simple_test(features, proposals, img_metas, self.test_cfg.rcnn, rescale)
 
     def simple_test(self, images: Tensor, img_metas: Sequence[ImgMeta], rescale: bool = True
-                    ) -> List[Dict[str, List[Tensor]]]:
+                    ) -> list[dict[str, list[Tensor]]]:
         """mmdet's ``simple_test`` output: per image ``{"boxes": per class (n_c, 5) with the score,
         "masks": per class (n_c, H, W) bool}``, detection order within a class."""
         return [group_by_class(r["boxes"], r["scores"], r["labels"], r["masks"], self.num_classes)
                 for r in self.detect(images, img_metas, rescale)]
 
-    def forward(self, images: Tensor, img_metas: Sequence[ImgMeta], rescale: bool = True) -> List[Dict[str, Tensor]]:
+    def forward(self, images: Tensor, img_metas: Sequence[ImgMeta], rescale: bool = True) -> list[dict[str, Tensor]]:
         """The detections of ``detect``."""
         return self.detect(images, img_metas, rescale)
 
-    def forward_dummy(self, images: Tensor, num_rois: int = 1000, num_mask_rois: int = 100) -> List[Tensor]:
+    def forward_dummy(self, images: Tensor, num_rois: int = 1000, num_mask_rois: int = 100) -> list[Tensor]:
         """mmdet's ``forward_dummy`` (what its FLOPs tool runs): backbone, FPN, RPN head, then every box head on
         ``num_rois`` RoIs and every mask head on the first ``num_mask_rois`` of them (fixed boxes here, mmdet's are
         random)."""
@@ -138,7 +145,7 @@ class MaskRCNN(nn.Module):
         cls_scores, bbox_preds = self.rpn_head(features)
         size = torch.tensor(images.shape[-2:][::-1], dtype=images.dtype, device=images.device).repeat(2)
         fractions = torch.linspace(0.1, 0.9, num_rois, dtype=images.dtype, device=images.device)[:, None]
-        boxes = torch.cat([fractions * 0.5, fractions], dim=1) * size
+        boxes = torch.cat([fractions * 0.5, fractions * 0.5, fractions, fractions], dim=1) * size
         rois = torch.cat([boxes.new_zeros(num_rois, 1), boxes], dim=1)
         return [*cls_scores, *bbox_preds, *self.roi_head.forward_dummy(features, rois, num_mask_rois)]
 
@@ -162,8 +169,22 @@ def check_img_metas(images: Tensor, img_metas: Sequence[ImgMeta]) -> None:
             raise ValueError(f"img_metas[{i}]['scale_factor'] must be (w, h, w, h), got {meta['scale_factor']}")
 
 
-def create_detector(config: DetectorConfig) -> MaskRCNN:
-    """The (Cascade) Mask R-CNN a ``DetectorConfig`` describes, with freshly initialised weights."""
+def create_detector(config: DetectorConfig, weights: str | Path | None = None,
+                    backbone_weights: str | Path | None = None) -> MaskRCNN:
+    """The (Cascade) Mask R-CNN a ``DetectorConfig`` describes.
+
+    ``backbone_weights``: a checkpoint file for the backbone (ImageNet weights: the extra norms and the fusion keep
+    their initial values, as in the official training); ``weights``: a whole detector checkpoint, loaded strictly.
+    Files are read weights-only."""
+    model = _build(config)
+    if backbone_weights:
+        model.backbone.load_state_dict(checkpoint_filter_fn(read_checkpoint(backbone_weights), model.backbone))
+    if weights:
+        load_detector_weights(model, read_checkpoint(weights), weights)
+    return model
+
+
+def _build(config: DetectorConfig) -> MaskRCNN:
     backbone = timm.create_model(config.backbone, dense_form="detection", **config.backbone_args)
     in_channels = [info["num_chs"] for info in backbone.feature_info]
     neck = FPN(in_channels, config.fpn_channels, num_outs=5)
@@ -184,44 +205,33 @@ def create_detector(config: DetectorConfig) -> MaskRCNN:
     return MaskRCNN(backbone, neck, rpn_head, roi_head, config.test_cfg)
 
 
-def _variant_config(variant: str, num_classes: int, cascade: bool, test_cfg: Optional[TestConfig],
-                    backbone_args: Dict[str, Any]) -> DetectorConfig:
+def _variant_config(variant: str, num_classes: int, cascade: bool, test_cfg: TestConfig | None,
+                    backbone_args: dict[str, Any]) -> DetectorConfig:
     if variant not in DETECTOR_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(DETECTOR_VARIANTS)}")
     return DetectorConfig(backbone=DETECTOR_VARIANTS[variant], backbone_args=backbone_args, num_classes=num_classes,
                           cascade=cascade, test_cfg=test_cfg or TestConfig())
 
 
-def create_maskrcnn(variant: str = "t", num_classes: int = 80, test_cfg: Optional[TestConfig] = None,
-                    weights: Union[str, Path, None] = None, backbone_weights: Union[str, Path, None] = None,
+def create_maskrcnn(variant: str = "t", num_classes: int = 80, test_cfg: TestConfig | None = None,
+                    weights: str | Path | None = None, backbone_weights: str | Path | None = None,
                     **backbone_args: Any) -> MaskRCNN:
     """The paper's Mask R-CNN on OverLoCK-T/S/B (``variant`` 't', 's', 'b'): 53.34 / 76.68 / 116.38 M parameters
-    with 80 classes. ``backbone_weights``: ImageNet weights for the backbone (its extra norms and fusion keep their
-    initial values, as in the official training); ``weights``: a whole detector checkpoint, loaded strictly."""
-    return _finish(create_detector(_variant_config(variant, num_classes, False, test_cfg, backbone_args)),
-                   weights, backbone_weights)
+    with 80 classes. ``backbone_args`` go to the backbone (``drop_path_rate``); weights as ``create_detector``."""
+    config = _variant_config(variant, num_classes, False, test_cfg, backbone_args)
+    return create_detector(config, weights, backbone_weights)
 
 
-def create_cascade_maskrcnn(variant: str = "t", num_classes: int = 80, test_cfg: Optional[TestConfig] = None,
-                            weights: Union[str, Path, None] = None, backbone_weights: Union[str, Path, None] = None,
+def create_cascade_maskrcnn(variant: str = "t", num_classes: int = 80, test_cfg: TestConfig | None = None,
+                            weights: str | Path | None = None, backbone_weights: str | Path | None = None,
                             **backbone_args: Any) -> CascadeMaskRCNN:
     """The paper's Cascade Mask R-CNN on OverLoCK-T/S/B with Swin's box heads: 90.21 / 113.54 / 153.24 M
     parameters with 80 classes (no official checkpoint exists). Arguments as ``create_maskrcnn``."""
-    model = create_detector(_variant_config(variant, num_classes, True, test_cfg, backbone_args))
-    return _finish(model, weights, backbone_weights)  # type: ignore[return-value]
+    config = _variant_config(variant, num_classes, True, test_cfg, backbone_args)
+    return create_detector(config, weights, backbone_weights)  # type: ignore[return-value]
 
 
-def _finish(model: MaskRCNN, weights: Union[str, Path, None], backbone_weights: Union[str, Path, None]) -> MaskRCNN:
-    if backbone_weights:
-        from ..models.overlock import checkpoint_filter_fn
-
-        model.backbone.load_state_dict(checkpoint_filter_fn(read_checkpoint(backbone_weights), model.backbone))
-    if weights:
-        load_detector_weights(model, read_checkpoint(weights), weights)
-    return model
-
-
-def detector_from_mmdet_config(config: Dict[str, Any]) -> MaskRCNN:
+def detector_from_mmdet_config(config: dict[str, Any]) -> MaskRCNN:
     """The detector an mmdet ``model`` config of the official code describes (``MaskRCNN`` or ``CascadeRCNN``
     over an ``OverLoCK`` backbone given by its arguments or a registered name), with its ``test_cfg``."""
     kind = config.get("type")
@@ -259,7 +269,7 @@ _WRAPPERS = ("state_dict", "model", "state_dict_ema")
 _VARIANT_BY_WIDTHS = {(64, 128, 384, 640): "t", (64, 128, 448, 640): "s", (80, 160, 528, 720): "b"}
 
 
-def detector_state_dict(checkpoint: Any) -> Dict[str, Tensor]:
+def detector_state_dict(checkpoint: Any) -> dict[str, Tensor]:
     """The weights of a detector checkpoint: mmdet's (under ``state_dict``, beside ``meta``), a bare state dict or
     one under ``model``; prefixes of distributed wrappers removed."""
     if not isinstance(checkpoint, dict):
@@ -271,7 +281,7 @@ def detector_state_dict(checkpoint: Any) -> Dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in checkpoint.items() if torch.is_tensor(v)}
 
 
-def recognise_detector(state_dict: Dict[str, Tensor]) -> Tuple[str, bool, int]:
+def recognise_detector(state_dict: dict[str, Tensor]) -> tuple[str, bool, int]:
     """``(variant, cascade, num_classes)`` of an official-layout detector state dict, from its FPN input widths
     and its RoI head; a one-line ``CheckpointMismatchError`` when it is none of the paper's detectors."""
     try:
@@ -288,12 +298,12 @@ def recognise_detector(state_dict: Dict[str, Tensor]) -> Tuple[str, bool, int]:
     return _VARIANT_BY_WIDTHS[widths], cascade, int(state_dict[cls_key].shape[0]) - 1
 
 
-def load_official_detector(checkpoint: Union[str, Path, Dict[str, Any]], test_cfg: Optional[TestConfig] = None
+def load_official_detector(checkpoint: str | Path | dict[str, Any], test_cfg: TestConfig | None = None
                            ) -> MaskRCNN:
     """An official (or our own) Mask R-CNN / Cascade Mask R-CNN checkpoint, file or loaded dict, as a model: the
     variant, the cascade and the number of classes are read from the weights, which are then loaded strictly.
     Files are read weights-only."""
-    source: Union[str, Path] = "checkpoint"
+    source: str | Path = "checkpoint"
     if isinstance(checkpoint, (str, Path)):
         source, checkpoint = checkpoint, read_checkpoint(checkpoint)
     state_dict = detector_state_dict(checkpoint)
@@ -303,7 +313,7 @@ def load_official_detector(checkpoint: Union[str, Path, Dict[str, Any]], test_cf
     return load_detector_weights(model, state_dict, source)
 
 
-def load_detector_weights(model: MaskRCNN, checkpoint: Any, source: Union[str, Path] = "checkpoint") -> MaskRCNN:
+def load_detector_weights(model: MaskRCNN, checkpoint: Any, source: str | Path = "checkpoint") -> MaskRCNN:
     """Load a detector checkpoint (any wrapper, see ``detector_state_dict``) into ``model``, strictly, with a
     ``CheckpointMismatchError`` listing missing, unexpected and mis-shaped keys."""
     state_dict = detector_state_dict(checkpoint)

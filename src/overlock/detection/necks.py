@@ -1,12 +1,12 @@
 """mmdetection's FPN neck and the conv block it and the heads are made of, under mmcv's names."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvModule", "FPN"]
+__all__ = ["FPN", "ConvModule"]
 
 
 class ConvModule(nn.Module):
@@ -40,7 +40,7 @@ class FPN(nn.Module):
         self.lateral_convs = nn.ModuleList([ConvModule(c, out_channels, 1, relu=False) for c in in_channels])
         self.fpn_convs = nn.ModuleList([ConvModule(out_channels, out_channels, 3, relu=False) for _ in in_channels])
 
-    def forward(self, features: Sequence[Tensor]) -> List[Tensor]:
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, features)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:],

@@ -2,8 +2,9 @@
 (Mask R-CNN) and cascade (Cascade Mask R-CNN) heads with their test-time post-processing."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ class RCNNTestConfig:
     mask_thr_binary: float = 0.5
 
 
-def rcnn_test_config(test_cfg: Dict[str, Any]) -> RCNNTestConfig:
+def rcnn_test_config(test_cfg: dict[str, Any]) -> RCNNTestConfig:
     """An mmdet ``test_cfg.rcnn`` dict as an ``RCNNTestConfig``."""
     return RCNNTestConfig(score_thr=test_cfg["score_thr"], iou_threshold=test_cfg["nms"]["iou_threshold"],
                           max_per_img=test_cfg["max_per_img"], mask_thr_binary=test_cfg.get("mask_thr_binary", 0.5))
@@ -89,7 +90,7 @@ class ConvFCBBoxHead(nn.Module):
         self.shared_fcs = nn.ModuleList([nn.Linear(flat if i == 0 else fc_channels, fc_channels)
                                          for i in range(num_fcs)])
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits (n, classes + 1) and deltas (n, 4 * classes or 4) of RoI features (n, C, S, S)."""
         x = self.shared_convs(x).flatten(1)
         for fc in self.shared_fcs:
@@ -104,8 +105,8 @@ class ConvFCBBoxHead(nn.Module):
             bbox_pred = torch.gather(bbox_pred, 1, torch.stack([label, label + 1, label + 2, label + 3], 1))
         return torch.cat([rois[:, :1], self.coder.decode(rois[:, 1:], bbox_pred, max_shape=img_shape)], dim=1)
 
-    def detect(self, rois: Tensor, cls_score: Tensor, bbox_pred: Tensor, img_meta: Dict[str, Any],
-               cfg: RCNNTestConfig, rescale: bool = True) -> Tuple[Tensor, Tensor]:
+    def detect(self, rois: Tensor, cls_score: Tensor, bbox_pred: Tensor, img_meta: dict[str, Any],
+               cfg: RCNNTestConfig, rescale: bool = True) -> tuple[Tensor, Tensor]:
         """mmdet's ``get_bboxes`` for one image: softmax scores, every class's box decoded on its RoI and clipped to
         ``img_shape``, divided by ``scale_factor`` when ``rescale``, then ``multiclass_nms``. Returns
         ``(dets (k, 5), labels (k,))``."""
@@ -132,13 +133,13 @@ class FCNMaskHead(nn.Module):
         return self.conv_logits(F.relu(self.upsample(self.convs(x))))
 
 
-def scale_factor(img_meta: Dict[str, Any], like: Tensor) -> Tensor:
+def scale_factor(img_meta: dict[str, Any], like: Tensor) -> Tensor:
     """The image's (w, h, w, h) scale factor (network size / original size) as float32, as mmdet holds it."""
     return torch.as_tensor(img_meta["scale_factor"], dtype=torch.float32).to(like.device)
 
 
 def group_by_class(boxes: Tensor, scores: Tensor, labels: Tensor, masks: Tensor | None, num_classes: int
-                   ) -> Dict[str, List[Tensor]]:
+                   ) -> dict[str, list[Tensor]]:
     """mmdet's per-class result lists: boxes (n_c, 5) with their score, masks (n_c, H, W), detection order."""
     dets = torch.cat([boxes, scores[:, None]], dim=1)
     out = {"boxes": [dets[labels == c] for c in range(num_classes)]}
@@ -155,13 +156,13 @@ class _RoIHeadBase(nn.Module):
         self.bbox_roi_extractor = RoIExtractor(roi_size, strides)
         self.mask_roi_extractor = RoIExtractor(mask_roi_size, strides)
 
-    def mask_rois(self, det_boxes: Sequence[Tensor], img_metas: Sequence[Dict[str, Any]], rescale: bool) -> Tensor:
+    def mask_rois(self, det_boxes: Sequence[Tensor], img_metas: Sequence[dict[str, Any]], rescale: bool) -> Tensor:
         """The RoIs the mask head sees: the final boxes back in input pixels (times ``scale_factor`` when they were
         rescaled), with their image index."""
         return boxes_to_rois([b * scale_factor(m, b) if rescale else b for b, m in zip(det_boxes, img_metas)])
 
     @staticmethod
-    def paste(probs: Tensor, mask_rois: Tensor, labels: Tensor, img_meta: Dict[str, Any], threshold: float,
+    def paste(probs: Tensor, mask_rois: Tensor, labels: Tensor, img_meta: dict[str, Any], threshold: float,
               rescale: bool) -> Tensor:
         """Binary masks of one image's detections from per-class probabilities (n, classes, M, M): the channel of
         each label, pasted at ``ori_shape`` (``rescale``) or ``img_shape``."""
@@ -185,7 +186,7 @@ class StandardRoIHead(_RoIHeadBase):
         self.bbox_head = bbox_head
         self.mask_head = mask_head
 
-    def bbox_forward(self, features: Sequence[Tensor], rois: Tensor) -> Tuple[Tensor, Tensor]:
+    def bbox_forward(self, features: Sequence[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits and deltas of ``rois`` (n, 5)."""
         return self.bbox_head(self.bbox_roi_extractor(features, rois))
 
@@ -194,8 +195,8 @@ class StandardRoIHead(_RoIHeadBase):
         return self.mask_head(self.mask_roi_extractor(features, rois))
 
     def detect_boxes(self, features: Sequence[Tensor], proposals: Sequence[Tensor],
-                     img_metas: Sequence[Dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
-                     ) -> Tuple[List[Tensor], List[Tensor]]:
+                     img_metas: Sequence[dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
+                     ) -> tuple[list[Tensor], list[Tensor]]:
         """Per image ``(dets (k, 5), labels (k,))`` from the proposals (mmdet's ``simple_test_bboxes``)."""
         rois = boxes_to_rois(proposals)
         cls_score, bbox_pred = self.bbox_forward(features, rois)
@@ -209,13 +210,13 @@ class StandardRoIHead(_RoIHeadBase):
         """Mask probabilities (n, classes, 28, 28) of ``mask_rois``."""
         return self.mask_forward(features, mask_rois).sigmoid()
 
-    def forward_dummy(self, features: Sequence[Tensor], rois: Tensor, num_mask_rois: int) -> List[Tensor]:
+    def forward_dummy(self, features: Sequence[Tensor], rois: Tensor, num_mask_rois: int) -> list[Tensor]:
         """The box head on ``rois`` and the mask head on the first ``num_mask_rois`` (mmdet's FLOPs path)."""
         return [*self.bbox_forward(features, rois), self.mask_forward(features, rois[:num_mask_rois])]
 
     def simple_test(self, features: Sequence[Tensor], proposals: Sequence[Tensor],
-                    img_metas: Sequence[Dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
-                    ) -> List[Dict[str, Tensor]]:
+                    img_metas: Sequence[dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
+                    ) -> list[dict[str, Tensor]]:
         """Per image: ``boxes`` (k, 4), ``scores`` (k,), ``labels`` (k,), ``masks`` (k, H, W) bool, by score."""
         dets, labels = self.detect_boxes(features, proposals, img_metas, cfg, rescale)
         mask_rois = self.mask_rois([d[:, :4] for d in dets], img_metas, rescale)
@@ -248,7 +249,7 @@ class CascadeRoIHead(StandardRoIHead):
         self.bbox_head = nn.ModuleList(bbox_heads)
         self.mask_head = nn.ModuleList(mask_heads)
 
-    def bbox_forward(self, features: Sequence[Tensor], rois: Tensor, stage: int = 0) -> Tuple[Tensor, Tensor]:
+    def bbox_forward(self, features: Sequence[Tensor], rois: Tensor, stage: int = 0) -> tuple[Tensor, Tensor]:
         """Class logits and class-agnostic deltas of stage ``stage`` on ``rois`` (n, 5)."""
         return self.bbox_head[stage](self.bbox_roi_extractor(features, rois))
 
@@ -256,8 +257,8 @@ class CascadeRoIHead(StandardRoIHead):
         """Mask logits (n, classes, 28, 28) of stage ``stage`` on ``rois`` (n, 5)."""
         return self.mask_head[stage](self.mask_roi_extractor(features, rois))
 
-    def cascade(self, features: Sequence[Tensor], rois: Tensor, img_metas: Sequence[Dict[str, Any]]
-                ) -> List[Tuple[Tensor, Tensor, Tensor]]:
+    def cascade(self, features: Sequence[Tensor], rois: Tensor, img_metas: Sequence[dict[str, Any]]
+                ) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per stage ``(rois, cls_score, bbox_pred)``: the RoIs it saw and its outputs; stage i + 1 sees stage i's
         RoIs refined by its deltas (per image, clipped to that image's ``img_shape``)."""
         stages = []
@@ -273,8 +274,8 @@ class CascadeRoIHead(StandardRoIHead):
         return stages
 
     def detect_boxes(self, features: Sequence[Tensor], proposals: Sequence[Tensor],
-                     img_metas: Sequence[Dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
-                     ) -> Tuple[List[Tensor], List[Tensor]]:
+                     img_metas: Sequence[dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
+                     ) -> tuple[list[Tensor], list[Tensor]]:
         stages = self.cascade(features, boxes_to_rois(proposals), img_metas)
         rois, _, bbox_pred = stages[-1]
         mean_score = sum(s[1] for s in stages) / float(self.num_stages)
@@ -287,8 +288,8 @@ class CascadeRoIHead(StandardRoIHead):
             labels.append(label)
         return dets, labels
 
-    def forward_dummy(self, features: Sequence[Tensor], rois: Tensor, num_mask_rois: int) -> List[Tensor]:
-        outs: List[Tensor] = []
+    def forward_dummy(self, features: Sequence[Tensor], rois: Tensor, num_mask_rois: int) -> list[Tensor]:
+        outs: list[Tensor] = []
         for stage in range(self.num_stages):
             outs.extend(self.bbox_forward(features, rois, stage))
         return outs + [self.mask_forward(features, rois[:num_mask_rois], s) for s in range(self.num_stages)]

@@ -1,8 +1,9 @@
 """mmdetection's RPN head and its test-time proposal selection."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, List, Sequence, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class RPNHead(nn.Module):
         self.rpn_cls = nn.Conv2d(feat_channels, num_anchors, 1)
         self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * 4, 1)
 
-    def forward(self, features: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per level: objectness logits (B, A, H, W) and deltas (B, 4A, H, W)."""
         cls_scores, bbox_preds = [], []
         for x in features:
@@ -50,14 +51,15 @@ def select_proposals(
     anchors: Sequence[Tensor],
     img_shape: Sequence[int],
     cfg: RPNTestConfig,
-    coder: DeltaXYWHCoder = DeltaXYWHCoder(),
+    coder: DeltaXYWHCoder | None = None,
 ) -> Tensor:
     """The proposals (n, 5) = (x1, y1, x2, y2, score) of one image, as mmdet's ``RPNHead`` selects them.
 
     Per level (inputs without the batch dimension: (A, H, W), (4A, H, W), (H*W*A, 4)): flatten in (y, x, anchor)
-    order; past ``nms_pre`` boxes keep the best-scoring ``nms_pre``. Then decode all levels (clipped to
-    ``img_shape``), drop boxes not wider and taller than ``min_bbox_size``, NMS with the level as the group (boxes of
-    different levels never suppress each other), and keep the first ``max_per_img`` by score.
+    order; past ``nms_pre`` boxes keep the best-scoring ``nms_pre``. Then decode all levels with ``coder`` (the
+    RPN's: stds 1 by default; clipped to ``img_shape``), drop boxes not wider and taller than ``min_bbox_size``, NMS
+    with the level as the group (boxes of different levels never suppress each other), and keep the first
+    ``max_per_img`` by score.
     """
     scores, deltas, kept_anchors, levels = [], [], [], []
     for level, (cls_score, bbox_pred, level_anchors) in enumerate(zip(cls_scores, bbox_preds, anchors)):
@@ -72,7 +74,7 @@ def select_proposals(
         kept_anchors.append(level_anchors)
         levels.append(torch.full_like(level_scores, level, dtype=torch.long))
     score = torch.cat(scores)
-    boxes = coder.decode(torch.cat(kept_anchors), torch.cat(deltas), max_shape=img_shape)
+    boxes = (coder or DeltaXYWHCoder()).decode(torch.cat(kept_anchors), torch.cat(deltas), max_shape=img_shape)
     level_ids = torch.cat(levels)
     if cfg.min_bbox_size >= 0:
         valid = ((boxes[:, 2] - boxes[:, 0]) > cfg.min_bbox_size) & ((boxes[:, 3] - boxes[:, 1]) > cfg.min_bbox_size)
