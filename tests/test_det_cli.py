@@ -30,7 +30,7 @@ def shapes_run(tmp_path_factory):
 def test_run_checkpoint_loads_with_its_classes(shapes_run):
     loaded = load_detector(shapes_run / "best.pth")
     assert loaded.classes == ["disc", "square", "triangle"] and loaded.category_ids == [1, 2, 3]
-    assert loaded.test_scale == (128, 128) and loaded.model.num_classes == 3
+    assert loaded.test_scale == (64, 64) and loaded.model.num_classes == 3
 
 
 def test_validate_prints_box_and_mask_ap(shapes_run, capsys):

@@ -113,7 +113,7 @@ def detect_dataset(model: Any, dataset: CocoInstances, batch_size: int = 1, devi
     device = torch.device(device)
     for images, samples in loader:
         metas = [s.meta for s in samples]
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
             results = model.detect(images.to(device), metas, rescale=True)
         detections += [{k: v.cpu() for k, v in r.items()} for r in results]
         image_ids += [m["image_id"] for m in metas]

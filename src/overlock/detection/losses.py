@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .boxes import DeltaXYWHCoder
 from .roi_heads import BOX_STDS, CASCADE_STDS
@@ -240,3 +240,18 @@ def detector_losses(model: Any, images: Tensor, gt_boxes: Sequence[Tensor], gt_l
         if index + 1 < len(cfg.stages):
             proposals = refine_proposals(rois, bbox_pred, sampled, stage.stds, [m["img_shape"] for m in img_metas])
     return losses
+
+
+class DetectorWithLosses(nn.Module):
+    """A detector whose ``forward`` returns its training losses, so that DistributedDataParallel sees the whole
+    training computation as one forward (the detector's own ``forward`` detects). ``loss`` is their sum."""
+
+    def __init__(self, detector: nn.Module, cfg: DetectorTrainCfg):
+        super().__init__()
+        self.detector, self.cfg = detector, cfg
+
+    def forward(self, images: Tensor, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor],
+                gt_masks: Sequence[Tensor], img_metas: Sequence[dict]) -> dict[str, Tensor]:
+        losses = detector_losses(self.detector, images, gt_boxes, gt_labels, gt_masks, img_metas, self.cfg)
+        losses["loss"] = sum(losses.values())
+        return losses
