@@ -92,8 +92,8 @@ for _v, _name in DETECTOR_VARIANTS.items():
 DET_PRESETS["shapes"] = DetTrainConfig(
     backbone="test_overlock", model_kwargs=dict(kernel_sizes=[5, 5, 5, 5]),
     widths=dict(fpn_channels=32, rpn_channels=32, fc_channels=64, conv_channels=32, mask_channels=32),
-    train_scale=[64, 64], test_scale=[64, 64], epochs=6, lr_steps=[4, 5], global_batch=4, batch_size=4,
-    lr=5e-4, warmup_iters=30, drop_path=0.0, sync_bn=False, workers=0, output="runs/det_shapes",
+    train_scale=[64, 64], test_scale=[64, 64], epochs=5, lr_steps=[4], global_batch=4, batch_size=4,
+    lr=1e-3, warmup_iters=30, drop_path=0.0, sync_bn=False, workers=0, output="runs/det_shapes",
 )
 
 
