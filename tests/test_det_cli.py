@@ -65,3 +65,15 @@ def test_bad_input_is_one_line(args, message, capsys):
         main(["det", *args])
     text = str(exc.value)
     assert message in text and "\n" not in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_official_checkpoint_is_recognised_from_its_keys(tmp_path):
+    from overlock.detection import create_maskrcnn
+    from overlock.detection.inference import COCO_CATEGORY_IDS, COCO_CLASSES
+
+    path = tmp_path / "mask_rcnn_overlock_t_in1k_fpn_1x_coco.pth"
+    torch.save({"state_dict": create_maskrcnn("t", 80).state_dict(), "meta": {"epoch": 12}}, path)
+    loaded = load_detector(path)
+    assert loaded.description == "official Mask R-CNN checkpoint" and loaded.test_scale == (1333, 800)
+    assert loaded.classes == list(COCO_CLASSES) and loaded.category_ids[-1] == COCO_CATEGORY_IDS[-1] == 90

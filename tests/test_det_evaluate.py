@@ -54,3 +54,10 @@ def test_perfect_and_shifted_detections():
     wrong = [dict(_detection([[10, 10, 30, 20]], [0], [_box_mask(10, 10, 30, 20)]), scores=torch.tensor([0.5])),
              perfect[1]]
     assert evaluate_results(data, wrong, [10, 20], [3, 9])["bbox_mAP"] == pytest.approx(0.5)
+
+
+def test_no_detections_score_zero():
+    empty = dict(boxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long),
+                 masks=torch.zeros(0, 40, 60, dtype=torch.bool))
+    metrics = evaluate_results(_coco(), [empty, empty], [10, 20], [3, 9])
+    assert metrics["bbox_mAP"] == 0.0 and metrics["segm_mAP_50"] == 0.0

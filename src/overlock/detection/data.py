@@ -379,7 +379,8 @@ class CocoInstances(Dataset):
     """COCO instances: ``ann_file`` (JSON) and the images under ``image_dir``, through ``pipeline``.
 
     ``filter_empty``: leave out images without annotations of a known category and images with a side under 32
-    pixels (training, as mmdet's ``filter_empty_gt``); a count is logged.
+    pixels (training, as mmdet's ``filter_empty_gt``); a count is logged. ``with_masks=False`` decodes no masks
+    (evaluation, which reads the JSON's own).
     """
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path,
@@ -414,7 +415,7 @@ class CocoInstances(Dataset):
                             height, record.width, record.height)
         try:
             masks = (decode_masks(record.segmentations, height, width) if self.with_masks
-                     else np.zeros((len(record.boxes), height, width), dtype=np.uint8))
+                     else np.zeros((0, height, width), dtype=np.uint8))
         except DetectionDataError as exc:
             raise DetectionDataError(f"{record.file}: {exc}") from None
         inst = Instances(image, record.boxes.copy(), record.labels.copy(), masks, record.ignore_boxes.copy())

@@ -67,9 +67,9 @@ def ground_truth(data: dict, image_ids: Iterable[int]) -> COCO:
 def coco_eval(gt: COCO, results: list[dict], kind: str, image_ids: Sequence[int],
               category_ids: Sequence[int]) -> dict[str, float]:
     """``{kind}_mAP``, ``_mAP_50``, ``_mAP_75``, ``_mAP_s/m/l`` (kind 'bbox' or 'segm'); -1 where COCOeval has no
-    ground truth for a number; all -1 without results."""
+    ground truth for a number; all 0 without a single detection (which COCOeval cannot load)."""
     if not results:
-        return {f"{kind}_{name}": -1.0 for name in STAT_NAMES}
+        return {f"{kind}_{name}": 0.0 for name in STAT_NAMES}
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         detections = gt.loadRes(results)

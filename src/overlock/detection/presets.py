@@ -111,7 +111,7 @@ def coco_paths(cfg: DetTrainConfig, split: str) -> tuple[Path, Path]:
     if ann and images:
         return Path(ann), Path(images)
     if not cfg.data_dir:
-        raise DetectionDataError(f"give --data-dir, or --{split}-ann and --{split}-images")
+        raise DetectionDataError(f"no {split} data: give --data-dir, or the instances JSON and the image folder")
     root = Path(cfg.data_dir)
     if not root.is_dir():
         raise DetectionDataError(f"data folder not found: {root}")
