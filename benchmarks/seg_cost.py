@@ -33,7 +33,7 @@ MODELS = ("official", "ours", "ours_optimized")
 def _build(which: str, variant: str, repo: str | None, drop_path: float):
     import torch
 
-    from overlock.models.upernet import FCNHead, UPerHead, create_upernet
+    from overlock.segmentation.upernet import FCNHead, UPerHead, create_upernet
 
     if which.startswith("ours"):
         return create_upernet(f"overlock_{variant}", num_classes=150, drop_path_rate=drop_path)
@@ -63,8 +63,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from overlock import optimize_for_inference
-    from overlock.segmentation import whole_logits
-    from overlock.train.seg_loss import segmentation_losses
+    from overlock.segmentation.inference import whole_logits
+    from overlock.segmentation.loss import segmentation_losses
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

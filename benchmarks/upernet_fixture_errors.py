@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from overlock.models.upernet import upernet_from_mmseg_config
-from overlock.segmentation import slide_logits, whole_logits
-from overlock.train.seg_loss import segmentation_losses
+from overlock.segmentation.upernet import upernet_from_mmseg_config
+from overlock.segmentation.inference import slide_logits, whole_logits
+from overlock.segmentation.loss import segmentation_losses
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_upernet_tiny.pt"
 

@@ -15,9 +15,9 @@ from timm.data.auto_augment import rand_augment_transform
 from overlock.data import FashionMNISTTransform
 from overlock.data.augment import keep_zero_bit_posterize, posterize
 from overlock.data.seeded import SeededDataset
-from overlock.inference import load_model
-from overlock.train import preset
-from overlock.train.engine import build_datasets, build_model
+from overlock.classification.inference import load_model
+from overlock.classification import preset
+from overlock.classification.training import build_datasets, build_model
 from test_train_runs import TINY, make_folder
 
 PAPER = ("overlock_xt", "overlock_t", "overlock_s", "overlock_b")

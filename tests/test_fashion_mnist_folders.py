@@ -24,7 +24,7 @@ from overlock.data import (
     ImageFolderDataset,
     folder_name,
 )
-from overlock.train import build_model, preset
+from overlock.classification import build_model, preset
 
 pytestmark = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),

@@ -15,8 +15,8 @@ from huggingface_hub import ModelCard
 from overlock.analysis import count_macs, count_params
 from overlock.cli.main import main
 from overlock.export import deploy_form
-from overlock.inference import load_model
-from overlock.train import train
+from overlock.classification.inference import load_model
+from overlock.classification import train
 from test_train_runs import make_folder, tiny_config
 
 CLASSES = ("ant", "bee", "cat")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from overlock.data.segmentation import (
+from overlock.segmentation.data import (
     ADE20K_CLASSES, SegmentationDataError, SegmentationDataset, Skipped, TrainPipeline, collate_segmentation,
     fit_size, hsv_to_rgb, multiple_size, prepare_test_image, resize_mask, rgb_to_hsv,
 )

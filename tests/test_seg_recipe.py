@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from overlock.models.upernet import create_upernet
-from overlock.train.seg_config import SEG_PRESETS, SegTrainConfig, param_groups, poly_lr, seg_preset
-from overlock.train.seg_metrics import IoUAccumulator
+from overlock.segmentation.upernet import create_upernet
+from overlock.segmentation.config import SEG_PRESETS, SegTrainConfig, param_groups, poly_lr, seg_preset
+from overlock.segmentation.metrics import IoUAccumulator
 
 
 def mmseg_metrics(preds, labels, num_classes, ignore=255):

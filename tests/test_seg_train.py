@@ -12,8 +12,8 @@ import torch
 
 from overlock.cli.main import main
 from overlock.data.shapes import write_shapes_dataset
-from overlock.train.seg_config import seg_preset
-from overlock.train.seg_engine import train_segmentation
+from overlock.segmentation.config import seg_preset
+from overlock.segmentation.training import train_segmentation
 from probes import start_and_kill_at_step
 
 SMALL = ["--backbone", "test_overlock", "--model-kwargs", '{"kernel_sizes": [5, 5, 5, 5], "sub_depths": [1, 1]}',
@@ -134,3 +134,14 @@ def test_two_processes_under_torchrun(shapes, tmp_path):
 
     final = json.loads((out / "summary.json").read_text())["final"]
     assert final["images"] == 4 and final["skipped"] == 0  # the 4 validation images, split over the processes
+
+
+def test_progress_off_a_terminal_is_log_lines_without_bar_redraws(shapes, tmp_path):
+    """``seg train`` with its output captured (a pipe, not a terminal) reports progress through the shared Progress:
+    log lines, and none of a bar's carriage-return redraws."""
+    cmd = [sys.executable, "-m", "overlock.cli.main", *seg_args(shapes, tmp_path / "run", "--iters", "4",
+                                                                "--eval-every", "4")]
+    result = subprocess.run(cmd, capture_output=True, timeout=600)  # bytes: text mode would turn \r into \n
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert b"\r" not in result.stdout + result.stderr
+    assert b"overlock.engine.progress: iterations: 4/4 iterations, loss " in result.stderr

@@ -60,7 +60,7 @@ def test_imagenet_weights_load_into_an_smp_encoder(tmp_path):
 def test_segmentation_backbone_weights_load_with_dense_form(tmp_path):
     """The ``backbone.`` part of an UperNet checkpoint fits the segmentation form, not the detection form."""
     from overlock.models import CheckpointMismatchError
-    from overlock.models.upernet import create_upernet
+    from overlock.segmentation.upernet import create_upernet
 
     torch.manual_seed(0)
     upernet = create_upernet("test_overlock", num_classes=3, channels=16, aux_channels=8)

@@ -10,8 +10,9 @@ import torch
 
 from overlock.cli.main import main
 from overlock.data import ClassFolderError
-from overlock.train import CheckpointError, train
-from overlock.train.engine import build_datasets
+from overlock.classification import train
+from overlock.engine.checkpoint import CheckpointError
+from overlock.classification.training import build_datasets
 from test_class_folders import make_tree
 from test_train_runs import cli_args, make_folder, tiny_config
 

@@ -9,7 +9,7 @@ import logging
 import torch
 
 from overlock.cli.main import main
-from overlock.train.progress import Progress
+from overlock.engine.progress import Progress
 from test_train_runs import cli_args, make_folder, tiny_config
 
 
@@ -29,7 +29,7 @@ def test_resume_keeps_the_runs_own_max_steps(tmp_path, caplog):
         assert main(["train", "--resume", "--output", str(run), "--max-steps", "4"]) == 0
     assert _steps(run) == 4
     assert torch.load(run / "last.pth", weights_only=True)["config"]["max_steps"] == 4
-    progress = [r.getMessage() for r in caplog.records if r.name == "overlock.train.progress"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "overlock.engine.progress"]
     # not a terminal: one line where the steps of an epoch end (here at --max-steps), none per step
     assert [line.split(", loss")[0] for line in progress] == ["epoch 1/2: 2/6 batches", "epoch 1/2: 4/6 batches"]
 
@@ -44,7 +44,7 @@ class FakeClock:
 
 def test_progress_in_a_log_is_a_line_every_interval(caplog):
     clock = FakeClock()
-    with caplog.at_level(logging.INFO, logger="overlock.train.progress"):
+    with caplog.at_level(logging.INFO, logger="overlock.engine.progress"):
         progress = Progress(1000, desc="epoch 1/1", stream=io.StringIO(), interval=20, clock=clock)
         for _ in range(1000):  # 1000 steps of 0.125 s: 125 s
             clock.now += 0.125
@@ -63,7 +63,7 @@ def test_progress_on_a_terminal_is_a_bar(caplog):
             return True
 
     stream = Terminal()
-    with caplog.at_level(logging.INFO, logger="overlock.train.progress"):
+    with caplog.at_level(logging.INFO, logger="overlock.engine.progress"):
         progress = Progress(10, desc="epoch 1/1", stream=stream)
         for _ in range(10):
             progress.update()
@@ -72,7 +72,7 @@ def test_progress_on_a_terminal_is_a_bar(caplog):
 
 
 def test_progress_of_other_processes_is_silent(caplog):
-    with caplog.at_level(logging.INFO, logger="overlock.train.progress"):
+    with caplog.at_level(logging.INFO, logger="overlock.engine.progress"):
         progress = Progress(10, stream=io.StringIO(), enabled=False)
         progress.update(10)
         progress.close()

@@ -8,8 +8,8 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from overlock.train import PRESETS, TrainConfig, build_criterion, learning_rate, overlock_loss, preset, topk_correct
-from overlock.train.engine import build_model
+from overlock.classification import PRESETS, TrainConfig, build_criterion, learning_rate, overlock_loss, preset, topk_correct
+from overlock.classification.training import build_model
 
 
 @pytest.mark.parametrize("variant, drop_path", [("overlock_xt", 0.1), ("overlock_t", 0.15), ("overlock_s", 0.4),
@@ -44,7 +44,7 @@ def test_criteria():
 def test_folder_augmentation_follows_the_recipe(tmp_path):
     from PIL import Image
 
-    from overlock.train.engine import build_datasets
+    from overlock.classification.training import build_datasets
 
     for split in ("train", "val"):
         for cls in ("a", "b"):

@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from overlock.train import CheckpointError, NonFiniteLossError, TrainConfig, train
+from overlock.classification import TrainConfig, train
+from overlock.engine.checkpoint import CheckpointError
+from overlock.engine.loop import NonFiniteLossError
 from probes import start_and_kill_at_step
 
 TINY = dict(kernel_sizes=[5, 5, 5, 5], sub_depths=[1, 1])

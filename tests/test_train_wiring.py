@@ -13,8 +13,9 @@ from timm.layers import DropPath
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from overlock.data import FashionMNISTTransform
-from overlock.train import CheckpointError, TrainConfig, build_criterion, preset, train
-from overlock.train.engine import build_model, build_optimizer, build_scheduler, folder_transforms
+from overlock.classification import TrainConfig, build_criterion, preset, train
+from overlock.engine.checkpoint import CheckpointError
+from overlock.classification.training import build_model, build_optimizer, build_scheduler, folder_transforms
 from test_train_runs import TINY, make_folder, tiny_config
 
 PAPER = ("overlock_xt", "overlock_t", "overlock_s", "overlock_b")
@@ -179,7 +180,7 @@ def test_fine_tuning_from_a_run_checkpoint_with_new_classes(data, tmp_path):
 def test_sync_batchnorm_only_where_pytorch_supports_it():
     from torch import nn
 
-    from overlock.train.distributed import DistInfo, sync_batchnorm
+    from overlock.engine.distributed import DistInfo, sync_batchnorm
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     assert sync_batchnorm(model, DistInfo()) is model  # one process: nothing to synchronise

@@ -10,8 +10,10 @@ import torch
 import torch.fx
 
 from overlock.models import CheckpointMismatchError
-from overlock.models.upernet import create_upernet, load_upernet_checkpoint
-from overlock.segmentation import SegInference, load_segmenter, predict_probabilities, slide_logits, whole_logits
+from overlock.segmentation.upernet import create_upernet, load_upernet_checkpoint
+from overlock.segmentation.inference import (
+    SegInference, load_segmenter, predict_probabilities, slide_logits, whole_logits,
+)
 from test_one_computation import _timm_fx, randomise
 from test_upernet_fixture import _build
 
@@ -55,7 +57,7 @@ def test_conv_blocks_start_as_mmcv_initialises_them():
 @pytest.mark.parametrize("variant", ["t", "s", "b"])
 def test_official_variant_recognised_from_its_keys(official_upernet_keys, tmp_path, variant, monkeypatch):
     """Only the shapes matter to the recognition: a state dict of meta tensors with the official keys."""
-    import overlock.segmentation as seg
+    import overlock.segmentation.inference as seg
 
     shapes = official_upernet_keys[f"upernet_overlock_{variant}"]
     state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}

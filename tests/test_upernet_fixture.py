@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import rel_err
-from overlock.models.upernet import create_upernet, load_upernet_checkpoint, upernet_from_mmseg_config
-from overlock.segmentation import slide_logits, whole_logits
-from overlock.train.seg_loss import segmentation_losses
+from overlock.segmentation.upernet import create_upernet, load_upernet_checkpoint, upernet_from_mmseg_config
+from overlock.segmentation.inference import slide_logits, whole_logits
+from overlock.segmentation.loss import segmentation_losses
 
 TOLERANCE = 1e-5  # relative to the largest magnitude of the official output
 

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from overlock.cli.main import main
 from overlock.data import ImageFolderDataset
-from overlock.inference import LoadedModel, imagenet_subset, load_model, set_classes
-from overlock.train import evaluate, train
-from overlock.train.distributed import DistInfo
+from overlock.classification.inference import LoadedModel, imagenet_subset, load_model, set_classes
+from overlock.classification import evaluate, train
+from overlock.engine.distributed import DistInfo
 from test_class_folders import make_tree
 from test_train_runs import make_folder, tiny_config
 
@@ -235,7 +235,8 @@ def test_a_model_without_class_names_needs_a_folder_per_output(tmp_path, caplog)
 
 
 def test_inference_does_not_import_the_training_engine(run, tmp_path):
-    """predict, validate, erf and cam, run in a fresh interpreter, never load overlock.train.engine."""
+    """predict, validate, erf and cam, run in a fresh interpreter, load neither the classification trainer nor the
+    training loop."""
     val = run.parents[1] / "data" / "val"
     image = val / "ant" / "0.png"
     code = (
@@ -246,8 +247,9 @@ def test_inference_does_not_import_the_training_engine(run, tmp_path):
         f"main(['erf', '--weights', {str(run)!r}, '--img-size', '64', '--num-random', '1', '--out', "
         f"{str(tmp_path / 'e.png')!r}])\n"
         f"main(['cam', {str(image)!r}, '--weights', {str(run)!r}, '--out', {str(tmp_path / 'c.png')!r}])\n"
-        "assert 'overlock.inference' in sys.modules\n"
-        "print('ENGINE' if 'overlock.train.engine' in sys.modules else 'NO ENGINE')\n"
+        "assert 'overlock.classification.inference' in sys.modules\n"
+        "trainer = {'overlock.classification.training', 'overlock.engine.loop'} & set(sys.modules)\n"
+        "print('ENGINE' if trainer else 'NO ENGINE')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

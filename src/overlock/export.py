@@ -24,10 +24,10 @@ from timm.data import ImageNetInfo, resolve_data_config
 from torch import nn
 
 from .analysis import count_macs, count_params
-from .inference import LoadedModel
+from .classification.inference import LoadedModel
 from .layers.fused import InferenceModule
 from .models import MODEL_ARGS, OverLoCK, checkpoint_filter_fn, unwrap_state_dict
-from .train.config import TrainConfig
+from .classification.config import TrainConfig
 from .weights_file import read_checkpoint
 
 __all__ = [
@@ -81,7 +81,7 @@ class ModelSource:
 
 
 def source_from_loaded(loaded: LoadedModel, weights: str | None) -> ModelSource:
-    """The export description of a model loaded by ``overlock.inference.load_model`` from ``weights``."""
+    """The export description of a model loaded by ``overlock.classification.inference.load_model`` from ``weights``."""
     model = loaded.model
     if loaded.run is not None:
         cfg = TrainConfig(**loaded.run["config"])

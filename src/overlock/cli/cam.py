@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from overlock.inference import load_image, load_model
+    from overlock.classification.inference import load_image, load_model
     from overlock.visualize import grad_cam
 
     loaded = load_model(model_name(args), args.weights)

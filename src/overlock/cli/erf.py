@@ -37,7 +37,7 @@ def save_heatmap(values, path: str, title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from overlock.inference import load_image, load_model
+    from overlock.classification.inference import load_image, load_model
     from overlock.visualize import effective_receptive_field, erf_high_contribution_area, level_features
 
     # whole images at the chosen size (crop 1.0): the ERF is measured at the centre of the input

@@ -56,7 +56,7 @@ def _require_onnx() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from overlock import export
-    from overlock.inference import load_model
+    from overlock.classification.inference import load_model
 
     if args.format == "onnx":
         _require_onnx()

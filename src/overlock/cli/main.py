@@ -67,10 +67,10 @@ def is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
                         ValueError)):
         return True
-    from overlock.train.checkpoint import CheckpointError  # the light module: not the training engine
+    from overlock.engine.checkpoint import CheckpointError  # a light module: not the training loop
 
-    engine = sys.modules.get("overlock.train.engine")
-    diverged = engine is not None and isinstance(exc, engine.NonFiniteLossError)
+    loop = sys.modules.get("overlock.engine.loop")  # loaded when a trainer ran, and only then can it diverge
+    diverged = loop is not None and isinstance(exc, loop.NonFiniteLossError)
     return isinstance(exc, CheckpointError) or diverged
 
 

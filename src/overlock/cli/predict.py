@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from overlock.inference import load_image, load_model, prepare_for_inference
+    from overlock.classification.inference import load_image, load_model, prepare_for_inference
 
     loaded = load_model(model_name(args), args.weights)
     model = prepare_for_inference(loaded.model)

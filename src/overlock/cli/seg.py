@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import json
 
-from overlock.train.seg_config import SEG_PRESETS, SegTrainConfig, seg_preset
+from overlock.segmentation.config import SEG_PRESETS, SegTrainConfig, seg_preset
 
 from .args import add_config_options, preset_with_options
 
@@ -76,9 +76,10 @@ def _add_validate(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overlock.data.segmentation import SegmentationDataError
+    from overlock.segmentation.data import SegmentationDataError
     from overlock.models import CheckpointMismatchError
-    from overlock.train import CheckpointError, NonFiniteLossError
+    from overlock.engine.checkpoint import CheckpointError
+    from overlock.engine.loop import NonFiniteLossError
 
     command = _train if args.seg_command == "train" else _validate
     try:
@@ -97,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from overlock.train.seg_engine import RESUME_OVERRIDABLE, train_segmentation
+    from overlock.segmentation.training import RESUME_OVERRIDABLE, train_segmentation
 
     cfg = config_from_args(args)
     overrides = None
@@ -119,10 +120,10 @@ def _train(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     import torch
 
-    from overlock.data.segmentation import SegmentationDataset
-    from overlock.segmentation import SegInference, load_segmenter
-    from overlock.train.distributed import init_distributed
-    from overlock.train.seg_engine import evaluate_segmentation
+    from overlock.segmentation.data import SegmentationDataset
+    from overlock.segmentation.inference import SegInference, load_segmenter
+    from overlock.engine.distributed import init_distributed
+    from overlock.segmentation.evaluate import evaluate_segmentation
 
     loaded = load_segmenter(args.weights, args.backbone)
     dataset = SegmentationDataset(args.data_dir, args.split, args.dataset, classes=loaded.classes,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from overlock.train.config import PRESETS, TrainConfig, preset
+from overlock.classification.config import PRESETS, TrainConfig, preset
 
 from .args import add_config_options, preset_with_options
 
@@ -57,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overlock.train.engine import RESUME_OVERRIDABLE, train
+    from overlock.classification.training import RESUME_OVERRIDABLE, train
 
     cfg = config_from_args(args)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

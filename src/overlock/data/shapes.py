@@ -5,7 +5,7 @@ noise; each class has its own hue (reddish discs, greenish squares, bluish trian
 saturation. A model scores well only if its masks follow the outlines at full resolution: the decode head's
 stride-4 logits, the pyramid's upsampling and the loss must all line up.
 Masks: 0 background, 1 disc, 2 square, 3 triangle, in index PNGs. Written in the ``folder`` layout of
-:mod:`overlock.data.segmentation` (``images/{train,val}``, ``masks/{train,val}``, ``classes.txt``), and as COCO
+:mod:`overlock.segmentation.data` (``images/{train,val}``, ``masks/{train,val}``, ``classes.txt``), and as COCO
 instances of the same images (``annotations/instances_{train,val}.json``: categories 1 disc, 2 square, 3 triangle;
 squares and triangles as polygons of their outlines, discs as RLE of their exact masks; tight boxes).
 """

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.overlock import CheckpointMismatchError, OverLoCK, checkpoint_filter_fn, mismatch_report
-from ..models.upernet import _OFFICIAL_ARGS  # the official backbone arguments' names -> ours
+from ..segmentation.upernet import _OFFICIAL_ARGS  # the official backbone arguments' names -> ours
 from ..weights_file import read_checkpoint
 from .boxes import AnchorGenerator, DeltaXYWHCoder
 from .necks import FPN

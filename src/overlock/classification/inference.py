@@ -1,4 +1,4 @@
-"""Inference without the training engine, for ``predict``, ``validate``, ``erf`` and ``cam``.
+"""Classification inference without the trainer, for ``predict``, ``validate``, ``erf`` and ``cam``.
 
 A model is loaded from a timm name (with an optional weights file: official or any timm-loadable checkpoint) or
 from a checkpoint of an ``overlock train`` run, whose saved configuration rebuilds the model without the
@@ -21,14 +21,13 @@ from torch import Tensor, nn
 
 import overlock  # noqa: F401  (registers the models)
 
-from .models import OverLoCK, optimize_for_inference
-
-from .data import ClassFolderError, FashionMNISTTransform
-from .data.class_folders import class_folders, classes_from_folders
-from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from .train.checkpoint import CheckpointError, read_run_file
-from .train.config import TrainConfig
-from .train.models import build_model
+from ..data import ClassFolderError, FashionMNISTTransform
+from ..data.class_folders import class_folders, classes_from_folders
+from ..data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from ..engine.checkpoint import CheckpointError, read_run_file
+from ..models import OverLoCK, optimize_for_inference
+from .config import TrainConfig
+from .models import build_model
 
 _logger = logging.getLogger(__name__)
 

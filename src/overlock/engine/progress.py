@@ -1,8 +1,8 @@
-"""Progress of a training epoch: a live bar on a terminal, a few lines in a log file.
+"""Progress of training: a live bar on a terminal, a few lines in a log file.
 
 tqdm redraws its bar on every update; where the output is a file or a pipe rather than a terminal, every redraw
 stays in the log, tens of thousands of them in a long run. There the progress goes to the log as one line every
-``interval`` seconds and one when the epoch's steps end.
+``interval`` seconds and one when the counted steps end (an epoch's batches, or a run's iterations).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ LOG_INTERVAL_S = 20.0  # seconds between progress lines where the output is not 
 
 
 class Progress:
-    """Steps done out of ``total`` (from ``initial``), with the latest loss and learning rate.
+    """Steps done out of ``total`` (from ``initial``), counted in ``unit``, with the latest loss and learning rate.
 
     A tqdm bar when ``stream`` is a terminal; otherwise a log line at most every ``interval`` seconds (by
     ``clock``) and one on :meth:`close`. Nothing at all when not ``enabled`` (processes other than the first).
@@ -34,9 +34,10 @@ class Progress:
         stream: TextIO | None = None,
         interval: float = LOG_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "batches",
     ):
         stream = sys.stderr if stream is None else stream
-        self.total, self.done, self.desc = total, initial, desc
+        self.total, self.done, self.desc, self.unit = total, initial, desc, unit
         self.enabled, self.interval, self.clock = enabled, interval, clock
         self.postfix = ""
         self.start = self.last_line = clock()
@@ -67,4 +68,4 @@ class Progress:
         self.last_line = self.clock()
         figures = f", {self.postfix}" if self.postfix else ""
         elapsed = self.last_line - self.start
-        _logger.info("%s: %d/%d batches%s, %.0f s", self.desc, self.done, self.total, figures, elapsed)
+        _logger.info("%s: %d/%d %s%s, %.0f s", self.desc, self.done, self.total, self.unit, figures, elapsed)

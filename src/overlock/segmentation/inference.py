@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data.segmentation import prepare_test_image
-from .models.upernet import (
+from .config import SegTrainConfig, build_segmenter
+from .data import prepare_test_image
+from .upernet import (
     UPERNET_VARIANTS, create_upernet, load_upernet_weights, read_checkpoint, resize_to, upernet_state_dict,
 )
-from .train.seg_config import SegTrainConfig, build_segmenter
 
 __all__ = [
     "LoadedSegmenter",

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.upernet import UperNet, create_upernet
+from .upernet import UperNet, create_upernet
 
 
 @dataclass

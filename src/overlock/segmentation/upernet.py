@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from .overlock import CheckpointMismatchError, OverLoCK, mismatch_report
+from ..models.overlock import CheckpointMismatchError, OverLoCK, mismatch_report
 
 __all__ = [
     "UPERNET_VARIANTS", "FCNHead", "UPerHead", "UperNet", "create_upernet", "load_upernet_checkpoint",

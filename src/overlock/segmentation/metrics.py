@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .distributed import DistInfo, all_reduce_sum
+from ..engine.distributed import DistInfo, all_reduce_sum
 
 IGNORE_INDEX = 255
 

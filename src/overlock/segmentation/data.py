@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .folder import IMAGE_EXTENSIONS
+from ..data.folder import IMAGE_EXTENSIONS
 
 _logger = logging.getLogger(__name__)
 

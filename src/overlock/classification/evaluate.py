@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .distributed import DistInfo, all_reduce_sum
+from ..engine.distributed import DistInfo, all_reduce_sum
 from .loss import topk_correct
 
 

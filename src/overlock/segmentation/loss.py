@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.upernet import resize_to
+from .upernet import resize_to
 
 IGNORE_INDEX = 255
 

@@ -24,7 +24,7 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config")
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by ``overlock train`` (to resume), read as weights only and checked for completeness."""
+    """A checkpoint written by a trainer (to resume), read as weights only and checked for completeness."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint to resume from at {path}")
@@ -64,3 +64,18 @@ def read_run_file(path: str | Path) -> Any:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: the run information in its metadata is not valid JSON: {exc}") from exc
     return {**info, "model": weights}
+
+
+def check_same_classes(saved: list[str] | None, found: list[str], data_dir: str | None) -> None:
+    """Stop a resumed run whose data's classes (``found``) are not those it started with (``saved``; None in
+    checkpoints that do not record them)."""
+    if saved is None or list(saved) == found:
+        return
+    changes = []
+    if gone := [c for c in saved if c not in found]:
+        changes.append(f"missing now: {', '.join(map(repr, gone))}")
+    if new := [c for c in found if c not in saved]:
+        changes.append(f"new: {', '.join(map(repr, new))}")
+    what = "; ".join(changes) or "another order"
+    raise CheckpointError(f"the classes of {data_dir} changed since the run started ({what}): restore the class "
+                          f"folders to resume, or start a new run")
