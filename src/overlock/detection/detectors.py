@@ -28,6 +28,7 @@ from .roi_heads import (
     ConvFCBBoxHead,
     FCNMaskHead,
     RCNNTestConfig,
+    RoIHead,
     StandardRoIHead,
     group_by_class,
     rcnn_test_config,
@@ -86,7 +87,7 @@ class MaskRCNN(nn.Module):
     ``scale_factor`` (w, h, w, h) = resized / original, ``pad_shape``, ``flip``.
     """
 
-    def __init__(self, backbone: OverLoCK, neck: FPN, rpn_head: RPNHead, roi_head: StandardRoIHead,
+    def __init__(self, backbone: OverLoCK, neck: FPN, rpn_head: RPNHead, roi_head: RoIHead,
                  test_cfg: TestConfig | None = None, anchor_generator: AnchorGenerator | None = None):
         super().__init__()
         self.backbone = backbone
@@ -192,7 +193,7 @@ def _build(config: DetectorConfig) -> MaskRCNN:
     mask_head_args = dict(in_channels=config.fpn_channels, num_classes=config.num_classes,
                           conv_channels=config.mask_channels)
     if config.cascade:
-        roi_head: StandardRoIHead = CascadeRoIHead(
+        roi_head: RoIHead = CascadeRoIHead(
             [ConvFCBBoxHead(config.fpn_channels, config.num_classes, num_convs=4, conv_channels=config.conv_channels,
                             num_fcs=1, fc_channels=config.fc_channels, class_agnostic=True, stds=stds)
              for stds in CASCADE_STDS],
