@@ -21,7 +21,15 @@ from .detectors import (
 )
 from .masks import paste_masks
 from .necks import FPN
-from .roi_heads import CascadeRoIHead, ConvFCBBoxHead, FCNMaskHead, RCNNTestConfig, RoIExtractor, StandardRoIHead
+from .roi_heads import (
+    CascadeRoIHead,
+    ConvFCBBoxHead,
+    FCNMaskHead,
+    RCNNTestConfig,
+    RoIExtractor,
+    RoIHead,
+    StandardRoIHead,
+)
 from .rpn import RPNHead, RPNTestConfig, select_proposals
 from .torchvision_fpn import BackboneWithFPN, fpn_backbone
 
@@ -41,6 +49,7 @@ __all__ = [
     "RPNHead",
     "RPNTestConfig",
     "RoIExtractor",
+    "RoIHead",
     "StandardRoIHead",
     "TestConfig",
     "batched_nms",

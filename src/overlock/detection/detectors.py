@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.overlock import CheckpointMismatchError, OverLoCK, checkpoint_filter_fn, mismatch_report
-from ..segmentation.upernet import _OFFICIAL_ARGS  # the official backbone arguments' names -> ours
+from ..segmentation.upernet import _OFFICIAL_ARGS, upernet_state_dict  # _OFFICIAL_ARGS: official argument names -> ours
 from ..weights_file import read_checkpoint
 from .boxes import AnchorGenerator, DeltaXYWHCoder
 from .necks import FPN
@@ -28,6 +28,7 @@ from .roi_heads import (
     ConvFCBBoxHead,
     FCNMaskHead,
     RCNNTestConfig,
+    RoIHead,
     StandardRoIHead,
     group_by_class,
     rcnn_test_config,
@@ -86,7 +87,7 @@ class MaskRCNN(nn.Module):
     ``scale_factor`` (w, h, w, h) = resized / original, ``pad_shape``, ``flip``.
     """
 
-    def __init__(self, backbone: OverLoCK, neck: FPN, rpn_head: RPNHead, roi_head: StandardRoIHead,
+    def __init__(self, backbone: OverLoCK, neck: FPN, rpn_head: RPNHead, roi_head: RoIHead,
                  test_cfg: TestConfig | None = None, anchor_generator: AnchorGenerator | None = None):
         super().__init__()
         self.backbone = backbone
@@ -192,7 +193,7 @@ def _build(config: DetectorConfig) -> MaskRCNN:
     mask_head_args = dict(in_channels=config.fpn_channels, num_classes=config.num_classes,
                           conv_channels=config.mask_channels)
     if config.cascade:
-        roi_head: StandardRoIHead = CascadeRoIHead(
+        roi_head: RoIHead = CascadeRoIHead(
             [ConvFCBBoxHead(config.fpn_channels, config.num_classes, num_convs=4, conv_channels=config.conv_channels,
                             num_fcs=1, fc_channels=config.fc_channels, class_agnostic=True, stds=stds)
              for stds in CASCADE_STDS],
@@ -264,21 +265,14 @@ def detector_from_mmdet_config(config: dict[str, Any]) -> MaskRCNN:
     return model
 
 
-_WRAPPERS = ("state_dict", "model", "state_dict_ema")
 # FPN input widths (lateral convs) -> variant
 _VARIANT_BY_WIDTHS = {(64, 128, 384, 640): "t", (64, 128, 448, 640): "s", (80, 160, 528, 720): "b"}
 
 
 def detector_state_dict(checkpoint: Any) -> dict[str, Tensor]:
     """The weights of a detector checkpoint: mmdet's (under ``state_dict``, beside ``meta``), a bare state dict or
-    one under ``model``; prefixes of distributed wrappers removed."""
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
-    for key in _WRAPPERS:
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    return {k.removeprefix("module."): v for k, v in checkpoint.items() if torch.is_tensor(v)}
+    one under ``model``; prefixes of distributed wrappers removed (mmdet wraps them as mmseg does)."""
+    return upernet_state_dict(checkpoint)
 
 
 def recognise_detector(state_dict: dict[str, Tensor]) -> tuple[str, bool, int]:

@@ -17,7 +17,7 @@ from .masks import paste_masks
 from .necks import ConvModule
 
 __all__ = [
-    "CASCADE_STDS", "CascadeRoIHead", "ConvFCBBoxHead", "FCNMaskHead", "RCNNTestConfig", "RoIExtractor",
+    "CASCADE_STDS", "CascadeRoIHead", "ConvFCBBoxHead", "FCNMaskHead", "RCNNTestConfig", "RoIExtractor", "RoIHead",
     "StandardRoIHead", "rcnn_test_config",
 ]
 
@@ -148,8 +148,9 @@ def group_by_class(boxes: Tensor, scores: Tensor, labels: Tensor, masks: Tensor 
     return out
 
 
-class _RoIHeadBase(nn.Module):
-    """What both RoI heads share: the two RoI extractors, per-image splitting, mask pasting."""
+class RoIHead(nn.Module):
+    """What both RoI heads share: the two RoI extractors and the test path from proposals to pasted masks, given
+    a subclass's ``detect_boxes`` (boxes and labels per image) and ``mask_probs`` (mask probabilities of RoIs)."""
 
     def __init__(self, roi_size: int = 7, mask_roi_size: int = 14, strides: Sequence[int] = (4, 8, 16, 32)):
         super().__init__()
@@ -175,8 +176,36 @@ class _RoIHeadBase(nn.Module):
         chosen = probs[torch.arange(probs.shape[0], device=probs.device), labels]
         return paste_masks(chosen, boxes, int(height), int(width), threshold)
 
+    def detect_boxes(self, features: Sequence[Tensor], proposals: Sequence[Tensor],
+                     img_metas: Sequence[dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
+                     ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image ``(dets (k, 5), labels (k,))`` from the proposals (mmdet's ``simple_test_bboxes``)."""
+        raise NotImplementedError
 
-class StandardRoIHead(_RoIHeadBase):
+    def mask_probs(self, features: Sequence[Tensor], mask_rois: Tensor) -> Tensor:
+        """Mask probabilities (n, classes, 28, 28) of ``mask_rois``."""
+        raise NotImplementedError
+
+    def simple_test(self, features: Sequence[Tensor], proposals: Sequence[Tensor],
+                    img_metas: Sequence[dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
+                    ) -> list[dict[str, Tensor]]:
+        """Per image: ``boxes`` (k, 4), ``scores`` (k,), ``labels`` (k,), ``masks`` (k, H, W) bool, by score."""
+        dets, labels = self.detect_boxes(features, proposals, img_metas, cfg, rescale)
+        mask_rois = self.mask_rois([d[:, :4] for d in dets], img_metas, rescale)
+        probs = self.mask_probs(features, mask_rois) if mask_rois.shape[0] else None
+        results = []
+        for i, (det, label, meta) in enumerate(zip(dets, labels, img_metas)):
+            if probs is None or det.shape[0] == 0:
+                size = meta["ori_shape" if rescale else "img_shape"][:2]
+                masks = torch.zeros(0, int(size[0]), int(size[1]), dtype=torch.bool, device=det.device)
+            else:
+                in_image = mask_rois[:, 0] == i
+                masks = self.paste(probs[in_image], mask_rois[in_image], label, meta, cfg.mask_thr_binary, rescale)
+            results.append(dict(boxes=det[:, :4], scores=det[:, 4], labels=label, masks=masks))
+        return results
+
+
+class StandardRoIHead(RoIHead):
     """Mask R-CNN's RoI head (mmdet's ``StandardRoIHead``): ``bbox_head`` and ``mask_head`` on RoIAlign features."""
 
     def __init__(self, bbox_head: ConvFCBBoxHead, mask_head: FCNMaskHead, roi_size: int = 7,
@@ -214,26 +243,8 @@ class StandardRoIHead(_RoIHeadBase):
         """The box head on ``rois`` and the mask head on the first ``num_mask_rois`` (mmdet's FLOPs path)."""
         return [*self.bbox_forward(features, rois), self.mask_forward(features, rois[:num_mask_rois])]
 
-    def simple_test(self, features: Sequence[Tensor], proposals: Sequence[Tensor],
-                    img_metas: Sequence[dict[str, Any]], cfg: RCNNTestConfig, rescale: bool = True
-                    ) -> list[dict[str, Tensor]]:
-        """Per image: ``boxes`` (k, 4), ``scores`` (k,), ``labels`` (k,), ``masks`` (k, H, W) bool, by score."""
-        dets, labels = self.detect_boxes(features, proposals, img_metas, cfg, rescale)
-        mask_rois = self.mask_rois([d[:, :4] for d in dets], img_metas, rescale)
-        probs = self.mask_probs(features, mask_rois) if mask_rois.shape[0] else None
-        results = []
-        for i, (det, label, meta) in enumerate(zip(dets, labels, img_metas)):
-            image_rois = mask_rois[mask_rois[:, 0] == i]
-            if probs is None or det.shape[0] == 0:
-                size = meta["ori_shape" if rescale else "img_shape"][:2]
-                masks = torch.zeros(0, int(size[0]), int(size[1]), dtype=torch.bool, device=det.device)
-            else:
-                masks = self.paste(probs[mask_rois[:, 0] == i], image_rois, label, meta, cfg.mask_thr_binary, rescale)
-            results.append(dict(boxes=det[:, :4], scores=det[:, 4], labels=label, masks=masks))
-        return results
 
-
-class CascadeRoIHead(StandardRoIHead):
+class CascadeRoIHead(RoIHead):
     """Cascade Mask R-CNN's RoI head (mmdet's ``CascadeRoIHead``): stages of box heads, each refining the RoIs
     of the one before, and one mask head per stage. At test time the final scores are the softmax of the stages'
     mean logits, the final boxes the last stage's deltas on its RoIs, the masks the mean of the stages'
@@ -241,7 +252,7 @@ class CascadeRoIHead(StandardRoIHead):
 
     def __init__(self, bbox_heads: Sequence[ConvFCBBoxHead], mask_heads: Sequence[FCNMaskHead], roi_size: int = 7,
                  mask_roi_size: int = 14, strides: Sequence[int] = (4, 8, 16, 32)):
-        _RoIHeadBase.__init__(self, roi_size, mask_roi_size, strides)
+        super().__init__(roi_size, mask_roi_size, strides)
         if len(bbox_heads) != len(mask_heads):
             raise ValueError(f"{len(bbox_heads)} box heads but {len(mask_heads)} mask heads")
         self.num_stages = len(bbox_heads)
@@ -289,6 +300,7 @@ class CascadeRoIHead(StandardRoIHead):
         return dets, labels
 
     def forward_dummy(self, features: Sequence[Tensor], rois: Tensor, num_mask_rois: int) -> list[Tensor]:
+        """Every stage's box head on ``rois``, then every mask head on the first ``num_mask_rois``."""
         outs: list[Tensor] = []
         for stage in range(self.num_stages):
             outs.extend(self.bbox_forward(features, rois, stage))
