@@ -21,8 +21,8 @@ def shapes_run(tmp_path_factory):
     cfg = det_preset("shapes")
     torch.manual_seed(0)
     model = build_detector(cfg, 3)
-    checkpoint = dict(model=model.state_dict(), config=dataclasses.asdict(cfg), classes=["disc", "square", "triangle"],
-                      category_ids=[1, 2, 3])
+    checkpoint = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "classes": ["disc", "square", "triangle"],
+                      "category_ids": [1, 2, 3]}
     torch.save(checkpoint, root / "best.pth")
     return root
 

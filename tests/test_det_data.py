@@ -10,21 +10,29 @@ import pytest
 import torch
 from pycocotools import mask as coco_mask
 
-from overlock.detection.data import (CocoInstances, DetectionDataError, EvalPipeline, TrainPipeline1x,
-                                     TrainPipeline3x, collate_detection, read_coco, rescale_size)
+from overlock.detection.data import (
+    CocoInstances,
+    DetectionDataError,
+    EvalPipeline,
+    TrainPipeline1x,
+    TrainPipeline3x,
+    collate_detection,
+    read_coco,
+    rescale_size,
+)
 
 
 def _write(tmp_path, annotations, images=None, categories=None):
     (tmp_path / "img").mkdir(exist_ok=True)
-    images = images or [dict(id=1, file_name="a.png", height=40, width=60),
-                        dict(id=2, file_name="b.png", height=50, width=50),
-                        dict(id=3, file_name="c.png", height=40, width=40)]
+    images = images or [{"id": 1, "file_name": "a.png", "height": 40, "width": 60},
+                        {"id": 2, "file_name": "b.png", "height": 50, "width": 50},
+                        {"id": 3, "file_name": "c.png", "height": 40, "width": 40}]
     for im in images:
         pixels = np.full((im["height"], im["width"], 3), (10, 20, 30), dtype=np.uint8)
         cv2.imwrite(str(tmp_path / "img" / im["file_name"]), pixels)
-    categories = categories or [dict(id=7, name="seven"), dict(id=2, name="two"), dict(id=90, name="ninety")]
+    categories = categories or [{"id": 7, "name": "seven"}, {"id": 2, "name": "two"}, {"id": 90, "name": "ninety"}]
     path = tmp_path / "instances.json"
-    path.write_text(json.dumps(dict(images=images, annotations=annotations, categories=categories)))
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path, tmp_path / "img"
 
 
@@ -36,15 +44,15 @@ def test_coco_parsing_labels_masks_crowd_and_skips(tmp_path, caplog):
     rle = coco_mask.encode(np.asfortranarray(np.pad(np.ones((10, 10), np.uint8), ((5, 25), (20, 30)))))
     rle["counts"] = rle["counts"].decode()
     anns = [
-        dict(id=1, image_id=1, category_id=90, bbox=[10, 5, 20, 10], area=200, iscrowd=0,
-             segmentation=_square(10, 5, 20, 10)),
-        dict(id=2, image_id=1, category_id=2, bbox=[20, 5, 10, 10], area=100, iscrowd=0, segmentation=rle),
-        dict(id=3, image_id=1, category_id=7, bbox=[0, 0, 30, 30], area=900, iscrowd=1, segmentation=rle),
-        dict(id=4, image_id=1, category_id=7, bbox=[100, 100, 5, 5], area=25, iscrowd=0, segmentation=[]),
-        dict(id=5, image_id=2, category_id=7, bbox=[1, 1, 0, 4], area=0, iscrowd=0, segmentation=[]),
-        dict(id=8, image_id=2, category_id=7, bbox=[1, 1, 0.5, 4], area=2, iscrowd=0, segmentation=[]),
-        dict(id=6, image_id=2, category_id=55, bbox=[1, 1, 4, 4], area=16, iscrowd=0, segmentation=[]),
-        dict(id=7, image_id=99, category_id=7, bbox=[1, 1, 4, 4], area=16, iscrowd=0, segmentation=[]),
+        {"id": 1, "image_id": 1, "category_id": 90, "bbox": [10, 5, 20, 10], "area": 200, "iscrowd": 0,
+             "segmentation": _square(10, 5, 20, 10)},
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 5, 10, 10], "area": 100, "iscrowd": 0, "segmentation": rle},
+        {"id": 3, "image_id": 1, "category_id": 7, "bbox": [0, 0, 30, 30], "area": 900, "iscrowd": 1, "segmentation": rle},
+        {"id": 4, "image_id": 1, "category_id": 7, "bbox": [100, 100, 5, 5], "area": 25, "iscrowd": 0, "segmentation": []},
+        {"id": 5, "image_id": 2, "category_id": 7, "bbox": [1, 1, 0, 4], "area": 0, "iscrowd": 0, "segmentation": []},
+        {"id": 8, "image_id": 2, "category_id": 7, "bbox": [1, 1, 0.5, 4], "area": 2, "iscrowd": 0, "segmentation": []},
+        {"id": 6, "image_id": 2, "category_id": 55, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0, "segmentation": []},
+        {"id": 7, "image_id": 99, "category_id": 7, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0, "segmentation": []},
     ]
     path, images = _write(tmp_path, anns)
     with caplog.at_level(logging.WARNING):
@@ -94,6 +102,10 @@ def test_missing_and_unreadable_images(tmp_path, caplog):
     (images / "a.png").write_bytes(b"not a picture")
     with pytest.raises(DetectionDataError, match="cannot decode image .*a.png"):
         CocoInstances(path, images)[0]
+    with caplog.at_level(logging.WARNING):  # training: the next readable image takes its place, counted
+        sample = CocoInstances(path, images, substitute_unreadable=True)[0]
+    assert sample.meta["file"].endswith("c.png") and sample.meta["skipped"] == 1
+    assert "skipped in training: cannot decode image" in caplog.text
     with pytest.raises(DetectionDataError, match="no image has a usable annotation"):
         CocoInstances(path, images, filter_empty=True)
     for im in ("a.png", "c.png"):
@@ -103,8 +115,8 @@ def test_missing_and_unreadable_images(tmp_path, caplog):
 
 
 def test_test_pipeline_sizes_and_meta(tmp_path):
-    anns = [dict(id=1, image_id=1, category_id=7, bbox=[10, 5, 20, 10], area=200, iscrowd=0,
-                 segmentation=_square(10, 5, 20, 10))]
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10], "area": 200, "iscrowd": 0,
+                 "segmentation": _square(10, 5, 20, 10)}]
     path, images = _write(tmp_path, anns)
     sample = CocoInstances(path, images, pipeline=EvalPipeline())[0]
     # 60x40 into (1333, 800): factor min(1333/60, 800/40) = 20 -> 1200x800, padded to 1216x800
@@ -119,8 +131,8 @@ def test_test_pipeline_sizes_and_meta(tmp_path):
 
 
 def test_train_pipelines_flip_crop_and_collate(tmp_path):
-    anns = [dict(id=1, image_id=1, category_id=7, bbox=[10, 5, 20, 10], area=200, iscrowd=0,
-                 segmentation=_square(10, 5, 20, 10))]
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10], "area": 200, "iscrowd": 0,
+                 "segmentation": _square(10, 5, 20, 10)}]
     path, images = _write(tmp_path, anns)
     ds = CocoInstances(path, images, pipeline=TrainPipeline1x(scale=(120, 80), flip_prob=1.0), filter_empty=True)
     sample = ds[0]
@@ -150,7 +162,7 @@ def test_generated_shapes_as_coco_instances(tmp_path):
                        pipeline=lambda inst: inst)
     assert ds.classes == ["disc", "square", "triangle"] and len(ds) == 6
     for index in range(len(ds)):
-        inst, meta = ds.load(index)
+        inst, _ = ds.load(index)
         classes = np.asarray(Image.open(tmp_path / "masks" / "train" / f"{index:05d}.png"))
         assert 1 <= len(inst.labels) <= 2
         for box, label, mask in zip(inst.boxes, inst.labels, inst.masks):

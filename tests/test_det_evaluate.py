@@ -9,19 +9,19 @@ from overlock.detection.evaluate import coco_results, evaluate_results
 
 
 def _coco():
-    images = [dict(id=10, file_name="a.png", height=40, width=60), dict(id=20, file_name="b.png", height=40, width=60)]
+    images = [{"id": 10, "file_name": "a.png", "height": 40, "width": 60}, {"id": 20, "file_name": "b.png", "height": 40, "width": 60}]
     annotations = [
-        dict(id=1, image_id=10, category_id=9, bbox=[10, 10, 20, 10], area=200, iscrowd=0,
-             segmentation=[[10, 10, 30, 10, 30, 20, 10, 20]]),
-        dict(id=2, image_id=20, category_id=3, bbox=[0, 0, 40, 40], area=1600, iscrowd=0,
-             segmentation=[[0, 0, 40, 0, 40, 40, 0, 40]]),
+        {"id": 1, "image_id": 10, "category_id": 9, "bbox": [10, 10, 20, 10], "area": 200, "iscrowd": 0,
+             "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]]},
+        {"id": 2, "image_id": 20, "category_id": 3, "bbox": [0, 0, 40, 40], "area": 1600, "iscrowd": 0,
+             "segmentation": [[0, 0, 40, 0, 40, 40, 0, 40]]},
     ]
-    return dict(images=images, annotations=annotations, categories=[dict(id=3, name="c"), dict(id=9, name="n")])
+    return {"images": images, "annotations": annotations, "categories": [{"id": 3, "name": "c"}, {"id": 9, "name": "n"}]}
 
 
 def _detection(boxes, labels, masks):
-    return dict(boxes=torch.tensor(boxes, dtype=torch.float32), scores=torch.full((len(boxes),), 0.9),
-                labels=torch.tensor(labels), masks=torch.from_numpy(np.stack(masks)))
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.full((len(boxes),), 0.9),
+                "labels": torch.tensor(labels), "masks": torch.from_numpy(np.stack(masks))}
 
 
 def _box_mask(x1, y1, x2, y2):
@@ -32,7 +32,7 @@ def _box_mask(x1, y1, x2, y2):
 
 def test_results_are_xywh_with_the_json_category_ids():
     boxes, masks = coco_results([_detection([[10, 10, 30, 20]], [1], [_box_mask(10, 10, 30, 20)])], [10], [3, 9])
-    assert boxes == [dict(image_id=10, category_id=9, score=pytest.approx(0.9), bbox=[10.0, 10.0, 20.0, 10.0])]
+    assert boxes == [{"image_id": 10, "category_id": 9, "score": pytest.approx(0.9), "bbox": [10.0, 10.0, 20.0, 10.0]}]
     assert masks[0]["category_id"] == 9 and isinstance(masks[0]["segmentation"]["counts"], str)
 
 
@@ -57,7 +57,7 @@ def test_perfect_and_shifted_detections():
 
 
 def test_no_detections_score_zero():
-    empty = dict(boxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long),
-                 masks=torch.zeros(0, 40, 60, dtype=torch.bool))
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long),
+                 "masks": torch.zeros(0, 40, 60, dtype=torch.bool)}
     metrics = evaluate_results(_coco(), [empty, empty], [10, 20], [3, 9])
     assert metrics["bbox_mAP"] == 0.0 and metrics["segm_mAP_50"] == 0.0

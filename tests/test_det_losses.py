@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from overlock.detection.losses import (MASK_RCNN_TRAIN, AssignSample, RoIStage, box_head_loss, giou_loss,
-                                       mask_head_loss, rpn_loss)
+from overlock.detection.losses import (
+    MASK_RCNN_TRAIN,
+    AssignSample,
+    RoIStage,
+    box_head_loss,
+    giou_loss,
+    mask_head_loss,
+    rpn_loss,
+)
 from overlock.detection.targets import anchor_valid_flags, assign_max_iou, mask_targets, sample_random
 
 

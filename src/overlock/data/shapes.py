@@ -99,10 +99,10 @@ def instance_annotation(kind: int, centre: np.ndarray, radius: float, size: int)
     outline = _outline(kind, centre, radius)
     if outline is None:
         rle = coco_mask.encode(np.asfortranarray(inside.astype(np.uint8)))
-        segmentation: object = dict(size=rle["size"], counts=rle["counts"].decode("ascii"))
+        segmentation: object = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
     else:
         segmentation = [[round(float(v), 2) for v in outline]]
-    return dict(category_id=kind, bbox=bbox, area=int(inside.sum()), iscrowd=0, segmentation=segmentation)
+    return {"category_id": kind, "bbox": bbox, "area": int(inside.sum()), "iscrowd": 0, "segmentation": segmentation}
 
 
 def write_shapes_dataset(root: str | Path, train: int = 256, val: int = 64, size: int = 64,
@@ -110,7 +110,7 @@ def write_shapes_dataset(root: str | Path, train: int = 256, val: int = 64, size
     """Write ``train`` and ``val`` samples of ``size`` px under ``root``; returns the counts written."""
     root = Path(root)
     rng = np.random.default_rng(seed)
-    categories = [dict(id=k, name=name) for k, name in enumerate(SHAPE_CLASSES) if k]
+    categories = [{"id": k, "name": name} for k, name in enumerate(SHAPE_CLASSES) if k]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", train), ("val", val)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -126,8 +126,8 @@ def write_shapes_dataset(root: str | Path, train: int = 256, val: int = 64, size
             name = f"{i:05d}.png"
             Image.fromarray(image).save(root / "images" / split / name)
             Image.fromarray(mask, mode="L").save(root / "masks" / split / name)
-            images.append(dict(id=i + 1, file_name=name, height=size, width=size))
-        coco = dict(images=images, annotations=annotations, categories=categories)
+            images.append({"id": i + 1, "file_name": name, "height": size, "width": size})
+        coco = {"images": images, "annotations": annotations, "categories": categories}
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
     (root / "classes.txt").write_text("\n".join(SHAPE_CLASSES) + "\n")
     return {"train": train, "val": val}

@@ -21,9 +21,10 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -157,8 +158,8 @@ def read_coco(ann_file: str | Path, image_dir: str | Path) -> tuple[list[ImageRe
     images: dict[int, dict] = {}
     for image in data["images"]:
         try:
-            images[int(image["id"])] = dict(file=str(image["file_name"]), height=int(image["height"]),
-                                            width=int(image["width"]))
+            images[int(image["id"])] = {"file": str(image["file_name"]), "height": int(image["height"]),
+                                            "width": int(image["width"])}
         except (KeyError, TypeError, ValueError):
             raise DetectionDataError(f"{ann_file}: every image needs 'id', 'file_name', 'height' and 'width'") from None
     skips = _SkipCounter(ann_file)
@@ -385,7 +386,7 @@ class CocoInstances(Dataset):
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path,
                  pipeline: Callable[[Instances], Instances] | None = None, filter_empty: bool = False,
-                 with_masks: bool = True):
+                 with_masks: bool = True, substitute_unreadable: bool = False):
         records, self.category_ids, self.classes, self.coco = read_coco(ann_file, image_dir)
         if filter_empty:
             kept = [r for r in records if r.has_known_annotation and min(r.height, r.width) >= MIN_TRAIN_SIZE]
@@ -397,6 +398,7 @@ class CocoInstances(Dataset):
                 raise DetectionDataError(f"{ann_file}: no image has a usable annotation to train on")
             records = kept
         self.records, self.pipeline, self.with_masks = records, pipeline or EvalPipeline(), with_masks
+        self.substitute_unreadable = substitute_unreadable
 
     @property
     def num_classes(self) -> int:
@@ -419,11 +421,25 @@ class CocoInstances(Dataset):
         except DetectionDataError as exc:
             raise DetectionDataError(f"{record.file}: {exc}") from None
         inst = Instances(image, record.boxes.copy(), record.labels.copy(), masks, record.ignore_boxes.copy())
-        return inst, dict(image_id=record.image_id, file=str(record.file), ori_shape=(height, width, 3))
+        return inst, {"image_id": record.image_id, "file": str(record.file), "ori_shape": (height, width, 3)}
 
     def __getitem__(self, index: int) -> DetectionSample:
-        inst, meta = self.load(index)
-        return to_sample(self.pipeline(inst), meta)
+        """The sample through the pipeline. With ``substitute_unreadable`` (training), an image that cannot be
+        read is replaced by the next readable one, with a warning naming it and a count in ``meta['skipped']``;
+        otherwise it is an error."""
+        skipped = 0
+        while True:
+            try:
+                inst, meta = self.load((index + skipped) % len(self))
+                break
+            except DetectionDataError as exc:
+                if not self.substitute_unreadable or skipped + 1 >= len(self):
+                    raise
+                _logger.warning("skipped in training: %s", exc)
+                skipped += 1
+        sample = to_sample(self.pipeline(inst), meta)
+        sample.meta["skipped"] = skipped
+        return sample
 
 
 def collate_detection(samples: list[DetectionSample]) -> tuple[Tensor, list[DetectionSample]]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def coco_results(detections: Sequence[dict[str, Tensor]], image_ids: Sequence[in
         masks = det.get("masks")
         masks = None if masks is None else masks.detach().cpu().numpy().astype(np.uint8)
         for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(boxes, scores, labels)):
-            common = dict(image_id=int(image_id), category_id=int(category_ids[label]), score=float(score))
+            common = {"image_id": int(image_id), "category_id": int(category_ids[label]), "score": float(score)}
             boxes_out.append(dict(common, bbox=[float(x1), float(y1), float(x2 - x1), float(y2 - y1)]))
             if masks is not None:
                 rle = coco_mask.encode(np.asfortranarray(masks[k]))
@@ -49,7 +50,7 @@ def coco_results(detections: Sequence[dict[str, Tensor]], image_ids: Sequence[in
 def ground_truth(data: dict, image_ids: Iterable[int]) -> COCO:
     """A pycocotools ``COCO`` of the images ``image_ids`` of a COCO dict, their annotations with ``area`` and
     ``iscrowd`` filled in where missing."""
-    keep = set(int(i) for i in image_ids)
+    keep = {int(i) for i in image_ids}
     annotations = []
     for number, ann in enumerate(data["annotations"]):
         if ann.get("image_id") in keep and ann.get("bbox") is not None:
@@ -57,8 +58,8 @@ def ground_truth(data: dict, image_ids: Iterable[int]) -> COCO:
             annotations.append(dict(ann, id=ann.get("id", number + 1), area=ann.get("area", w * h),
                                     iscrowd=ann.get("iscrowd", 0)))
     gt = COCO()
-    gt.dataset = dict(images=[im for im in data["images"] if im["id"] in keep], annotations=annotations,
-                      categories=data["categories"])
+    gt.dataset = {"images": [im for im in data["images"] if im["id"] in keep], "annotations": annotations,
+                      "categories": data["categories"]}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     return gt

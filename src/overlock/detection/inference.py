@@ -6,9 +6,9 @@ class names and category ids travel with it). Files are read weights-only.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -74,7 +74,7 @@ def predict_image(loaded: LoadedDetector, path: str | Path, device: str | torch.
     image = read_image(Path(path))
     inst = Instances(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
                      np.zeros((0, *image.shape[:2]), np.uint8), np.zeros((0, 4), np.float32))
-    sample = to_sample(EvalPipeline(loaded.test_scale)(inst), dict(ori_shape=image.shape))
+    sample = to_sample(EvalPipeline(loaded.test_scale)(inst), {"ori_shape": image.shape})
     loaded.model.eval()
     (result,) = loaded.model.detect(sample.image[None].to(device), [sample.meta], rescale=True)
     return image, {k: v.cpu() for k, v in result.items()}
@@ -99,7 +99,7 @@ def draw_detections(image: np.ndarray, detections: dict[str, Tensor], classes: S
         if masks is not None:
             region = masks[index].numpy().astype(bool)
             canvas[region] = (0.5 * canvas[region] + 0.5 * colour).astype(np.uint8)
-        x1, y1, x2, y2 = (int(round(v)) for v in detections["boxes"][index].tolist())
+        x1, y1, x2, y2 = (round(v) for v in detections["boxes"][index].tolist())
         cv2.rectangle(canvas, (x1, y1), (x2, y2), tuple(int(c) for c in colour), 2)
         text = f"{classes[label]} {float(detections['scores'][index]):.2f}"
         cv2.putText(canvas, text, (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(int(c) for c in colour),

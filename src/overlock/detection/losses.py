@@ -16,8 +16,9 @@ Crowd boxes take no part: the official configs assign with ``ignore_iof_thr=-1``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +130,7 @@ def rpn_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor], anchors
     loss_cls = F.binary_cross_entropy_with_logits(chosen, labels, reduction="sum") / count
     pred, target = torch.cat(pos_deltas), torch.cat(pos_targets).to(chosen)
     box = smooth_l1(pred, target, 1 / 9) if cfg.rpn_box_loss == "smooth_l1" else (pred - target).abs()
-    return dict(loss_rpn_cls=loss_cls, loss_rpn_bbox=box.sum() / count)
+    return {"loss_rpn_cls": loss_cls, "loss_rpn_bbox": box.sum() / count}
 
 
 # ---------------------------------------------------------------------- RoI heads
@@ -173,7 +174,7 @@ def box_head_loss(cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, sampled: S
         loss_box = giou_loss(coder.decode(pos_rois, pos_pred), pos_gt_boxes).sum() / count
     else:
         loss_box = (pos_pred - coder.encode(pos_rois, pos_gt_boxes)).abs().sum() / count
-    return dict(loss_cls=loss_cls * stage.weight, loss_bbox=loss_box * stage.box_loss_weight * stage.weight)
+    return {"loss_cls": loss_cls * stage.weight, "loss_bbox": loss_box * stage.box_loss_weight * stage.weight}
 
 
 def mask_head_loss(mask_logits: Tensor, sampled: Sequence, gt_masks: Sequence[Tensor], gt_labels: Sequence[Tensor],

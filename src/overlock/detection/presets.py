@@ -58,7 +58,7 @@ class DetTrainConfig:
     output: str = "runs/det"
     max_steps: int = 0  # stop after N steps in all, to resume later (0: no limit)
 
-    def updated(self, **changes: Any) -> "DetTrainConfig":
+    def updated(self, **changes: Any) -> DetTrainConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown detection training options: {', '.join(sorted(unknown))}")
@@ -78,7 +78,7 @@ class DetTrainConfig:
 
 
 _DROP_PATH = {"t": 0.2, "s": 0.4, "b": 0.6}
-_THREE_X = dict(pipeline="3x", epochs=36, lr_steps=[27, 33], lr=1e-4)
+_THREE_X = {"pipeline": "3x", "epochs": 36, "lr_steps": [27, 33], "lr": 1e-4}
 
 DET_PRESETS: dict[str, DetTrainConfig] = {}
 for _v, _name in DETECTOR_VARIANTS.items():
@@ -90,8 +90,8 @@ for _v, _name in DETECTOR_VARIANTS.items():
                                                               output=f"runs/cascade_{_v}_3x", **_THREE_X)
 # a small Mask R-CNN on the generated shapes (``overlock data shapes DIR``), minutes on a CPU
 DET_PRESETS["shapes"] = DetTrainConfig(
-    backbone="test_overlock", model_kwargs=dict(kernel_sizes=[5, 5, 5, 5]),
-    widths=dict(fpn_channels=32, rpn_channels=32, fc_channels=64, conv_channels=32, mask_channels=32),
+    backbone="test_overlock", model_kwargs={"kernel_sizes": [5, 5, 5, 5]},
+    widths={"fpn_channels": 32, "rpn_channels": 32, "fc_channels": 64, "conv_channels": 32, "mask_channels": 32},
     train_scale=[64, 64], test_scale=[64, 64], epochs=5, lr_steps=[4], global_batch=4, batch_size=4,
     lr=1e-3, warmup_iters=30, drop_path=0.0, sync_bn=False, workers=0, output="runs/det_shapes",
 )

@@ -27,7 +27,12 @@ from ..engine.distributed import init_distributed, sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES
 from ..engine.run_logs import (
-    CsvLog, finish_run_logs, open_tensorboard, prepare_output, read_run_log, save_two_panel_curves,
+    CsvLog,
+    finish_run_logs,
+    open_tensorboard,
+    prepare_output,
+    read_run_log,
+    save_two_panel_curves,
 )
 from ..engine.sampler import EpochSampler
 from ..engine.seeding import restore_rng, rng_state
@@ -41,7 +46,7 @@ _logger = logging.getLogger(__name__)
 
 # options that may change when a run is resumed; every other one comes from the checkpoint
 RESUME_OVERRIDABLE = ("output", "workers", "save_every", "max_steps")
-METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP",
+METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "skipped_train", "bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP",
                  "segm_mAP_50", "segm_mAP_75", "seconds"]
 STEP_FIELDS = ["step", "lr", "loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"]
 
@@ -50,7 +55,7 @@ def build_det_datasets(cfg: DetTrainConfig) -> tuple[CocoInstances, CocoInstance
     """Training set (images without usable annotations left out) with the recipe's pipeline, and the
     validation set with the test pipeline."""
     pipeline = TrainPipeline3x() if cfg.pipeline == "3x" else TrainPipeline1x(tuple(cfg.train_scale))
-    train = CocoInstances(*coco_paths(cfg, "train"), pipeline=pipeline, filter_empty=True)
+    train = CocoInstances(*coco_paths(cfg, "train"), pipeline=pipeline, filter_empty=True, substitute_unreadable=True)
     val = CocoInstances(*coco_paths(cfg, "val"), pipeline=EvalPipeline(tuple(cfg.test_scale)), with_masks=False)
     if val.category_ids != train.category_ids:
         raise ValueError(f"the validation categories {val.category_ids} are not the training ones "
@@ -155,7 +160,7 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
     def prepare_batch(batch: tuple[Tensor, list[DetectionSample]]) -> PreparedBatch:
         images, samples = batch
         targets = list(zip(*(_to_device(s, info.device) for s in samples)))
-        return PreparedBatch(images.to(info.device), targets, len(samples))
+        return PreparedBatch(images.to(info.device), targets, len(samples), sum(s.meta["skipped"] for s in samples))
 
     def compute_losses(net: nn.Module, images: Tensor, targets: list) -> dict[str, Tensor]:
         return net(images, *targets)
@@ -187,7 +192,7 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
         improved = last_eval["bbox_mAP"] > best_ap
         best_ap = max(best_ap, last_eval["bbox_mAP"])
         row = {"epoch": at.data_pass, "step": at.step, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": totals.mean_loss, "seconds": round(time.time() - start, 1),
+               "train_loss": totals.mean_loss, "skipped_train": totals.skipped, "seconds": round(time.time() - start, 1),
                **{k: last_eval.get(k, -1.0) for k in METRIC_FIELDS if "mAP" in k}}
         metrics_log.write(row)
         _logger.info("epoch %d: box AP %.3f (AP50 %.3f), mask AP %.3f (AP50 %.3f)", at.data_pass, row["bbox_mAP"],
