@@ -13,6 +13,7 @@ from overlock.detection.losses import (
     box_head_loss,
     giou_loss,
     mask_head_loss,
+    refine_proposals,
     rpn_loss,
 )
 from overlock.detection.targets import anchor_valid_flags, assign_max_iou, mask_targets, sample_random
@@ -120,3 +121,17 @@ def test_mask_rcnn_training_settings_are_the_official_ones():
     (stage,) = MASK_RCNN_TRAIN.stages
     assert stage.assign == AssignSample(0.5, 0.5, 0.5, True, 512, 0.25, True) and stage.stds == (0.1, 0.1, 0.2, 0.2)
     assert (MASK_RCNN_TRAIN.proposal_nms_pre, MASK_RCNN_TRAIN.proposal_max_per_img) == (2000, 1000)
+
+
+def test_cascade_refinement_moves_rois_and_drops_gt_proposals():
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    proposals = torch.tensor([[1.0, 0, 11, 10], [30, 30, 40, 40]])  # IoU 9/11 with the gt (positive), 0
+    sampled = sample_random(proposals, torch.tensor([1, 0]), gt, 512, 0.25, True)
+    assert sampled.pos_is_gt.tolist() == [True, False]
+    rois = torch.cat([torch.zeros(3, 1), sampled.boxes], dim=1)  # gt, positive proposal, negative
+    deltas = torch.tensor([[5.0, 5, 0, 0], [1.0, 0, 0, 0], [0.0, 0, 0, 10]])
+    (refined,) = refine_proposals(rois, deltas, [sampled], (0.1, 0.1, 0.2, 0.2), [(36, 100, 3)])
+    # the gt is left out; dx 1 x std 0.1 moves the 10-px box by 1 px; dh 10 x 0.2 = 2 -> height 10 e^2, clipped to 36
+    expected = torch.tensor([[2.0, 0, 12, 10], [30, 35 - 5 * math.exp(2.0), 40, 36]])
+    expected[1, 1] = expected[1, 1].clamp(min=0)
+    torch.testing.assert_close(refined, expected)
