@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import DeltaXYWHCoder
+from .boxes import AnchorGenerator, DeltaXYWHCoder
 from .roi_heads import BOX_STDS, CASCADE_STDS
 from .rpn import RPNTestConfig
 from .targets import anchor_valid_flags, assign_max_iou, mask_targets, sample_random
 
-ANCHOR_STRIDES = (4, 8, 16, 32, 64)
 RPN_CODER = DeltaXYWHCoder()
 
 
@@ -102,9 +101,11 @@ def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
 # ---------------------------------------------------------------------- RPN
 def rpn_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor], anchors: Sequence[Tensor],
              gt_boxes: Sequence[Tensor], pad_shapes: Sequence[Sequence[int]], cfg: DetectorTrainCfg = MASK_RCNN_TRAIN,
-             generator: torch.Generator | None = None) -> dict[str, Tensor]:
+             generator: torch.Generator | None = None, strides: Sequence[int] = AnchorGenerator.strides
+             ) -> dict[str, Tensor]:
     """``loss_rpn_cls`` and ``loss_rpn_bbox`` of a batch. ``cls_scores`` per level (B, A, H, W) logits,
-    ``bbox_preds`` per level (B, 4A, H, W) (channel 4a + k), ``anchors`` per level (H W A, 4) in (y, x, a) order."""
+    ``bbox_preds`` per level (B, 4A, H, W) (channel 4a + k), ``anchors`` per level (H W A, 4) in (y, x, a) order,
+    ``strides`` the levels' anchor strides."""
     num_anchors = cls_scores[0].shape[1]
     batch = cls_scores[0].shape[0]
     logits = torch.cat([s.permute(0, 2, 3, 1).reshape(batch, -1) for s in cls_scores], dim=1)
@@ -113,7 +114,7 @@ def rpn_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor], anchors
     level_sizes = [tuple(s.shape[-2:]) for s in cls_scores]
     chosen_logits, chosen_labels, pos_deltas, pos_targets = [], [], [], []
     for i in range(batch):
-        valid = anchor_valid_flags(level_sizes, ANCHOR_STRIDES, pad_shapes[i], num_anchors, all_anchors.device)
+        valid = anchor_valid_flags(level_sizes, strides, pad_shapes[i], num_anchors, all_anchors.device)
         valid_index = torch.nonzero(valid).flatten()
         boxes = all_anchors[valid_index]
         a = cfg.rpn
@@ -216,7 +217,8 @@ def detector_losses(model: Any, images: Tensor, gt_boxes: Sequence[Tensor], gt_l
     feats = model.extract_feat(images)
     cls_scores, bbox_preds = model.rpn_head(feats)
     anchors = model.anchors(feats)
-    losses = rpn_loss(cls_scores, bbox_preds, anchors, gt_boxes, [m["pad_shape"] for m in img_metas], cfg, generator)
+    losses = rpn_loss(cls_scores, bbox_preds, anchors, gt_boxes, [m["pad_shape"] for m in img_metas], cfg, generator,
+                      model.anchor_generator.strides)
     with torch.no_grad():
         proposals = model.proposals(cls_scores, bbox_preds, anchors, img_metas, RPNTestConfig(
             cfg.proposal_nms_pre, cfg.proposal_max_per_img, cfg.proposal_nms_iou, 0.0))
