@@ -77,3 +77,30 @@ def test_killed_run_resumes_to_the_same_end(tmp_path):
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     strip_time = [line.rsplit(",", 1)[0] for line in (tmp_path / "ref" / "metrics.csv").read_text().splitlines()]
     assert strip_time == [line.rsplit(",", 1)[0] for line in (killed / "metrics.csv").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(tmp_path):
+    """torchrun with 2 gloo processes of 2 images: a global batch of 4, the main process evaluating."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    write_shapes_dataset(data, train=8, val=4, size=64, seed=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "overlock.cli.main",
+           *_args(data, out, "--epochs", "1", "--batch-size", "2")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["step"] == 2 and state["epoch"] == 1  # 8 images, 2 x 2 a step
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and "bbox_mAP" in summary["final"]
