@@ -81,7 +81,7 @@ def test_killed_run_resumes_to_the_same_end(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_under_torchrun(tmp_path):
-    """torchrun with 2 gloo processes of 2 images: a global batch of 4, the main process evaluating."""
+    """torchrun with 2 gloo processes of 2 images: a global batch of 4, evaluation shared out and gathered."""
     import json
     import os
     import socket
@@ -104,3 +104,6 @@ def test_two_processes_under_torchrun(tmp_path):
     assert state["step"] == 2 and state["epoch"] == 1  # 8 images, 2 x 2 a step
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and "bbox_mAP" in summary["final"]
+    assert "(4 images;" in subprocess.run(
+        [sys.executable, "-m", "overlock.cli.main", "det", "validate", "--checkpoint", str(out / "last.pth"),
+         "--data-dir", str(data), "--workers", "0"], capture_output=True, text=True, check=True).stdout

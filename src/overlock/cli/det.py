@@ -123,7 +123,7 @@ def _metrics_line(metrics: dict[str, float]) -> str:
 
 def _validate(args: argparse.Namespace) -> int:
     from overlock.detection.data import CocoInstances, EvalPipeline
-    from overlock.detection.evaluate import detect_dataset, evaluate_results
+    from overlock.detection.evaluate import detect_to_coco, evaluate_coco_results
     from overlock.detection.inference import load_detector
     from overlock.detection.presets import coco_paths
 
@@ -134,8 +134,9 @@ def _validate(args: argparse.Namespace) -> int:
         raise ValueError(f"the data set has {dataset.num_classes} categories, the model {loaded.model.num_classes} "
                          "classes")
     model = loaded.model.to(args.device)
-    detections, image_ids = detect_dataset(model, dataset, args.batch_size, args.device, args.workers)
-    metrics = evaluate_results(dataset.coco, detections, image_ids, dataset.category_ids)
+    boxes, masks, image_ids = detect_to_coco(model, dataset, dataset.category_ids, args.batch_size, args.device,
+                                             args.workers)
+    metrics = evaluate_coco_results(dataset.coco, boxes, masks, image_ids, dataset.category_ids)
     print(f"{_metrics_line(metrics)}\n({len(image_ids)} images; {loaded.description})")
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))

@@ -18,8 +18,9 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
+from torch.utils.data import Dataset
 
-from .data import CocoInstances, collate_detection
+from .data import collate_detection
 
 _logger = logging.getLogger(__name__)
 
@@ -91,10 +92,17 @@ def has_all_masks(gt: COCO) -> bool:
 def evaluate_results(data: dict, detections: Sequence[dict[str, Tensor]], image_ids: Sequence[int],
                      category_ids: Sequence[int], with_masks: bool = True) -> dict[str, float]:
     """Box (and mask) AP of ``detections`` (per image of ``image_ids``) against the COCO dict ``data``."""
-    gt = ground_truth(data, image_ids)
     boxes, masks = coco_results(detections, image_ids, category_ids)
+    return evaluate_coco_results(data, boxes, masks if with_masks else None, image_ids, category_ids)
+
+
+def evaluate_coco_results(data: dict, boxes: list[dict], masks: list[dict] | None, image_ids: Sequence[int],
+                          category_ids: Sequence[int]) -> dict[str, float]:
+    """Box AP of the COCO box results and, unless ``masks`` is None, mask AP of the mask results, over the images
+    ``image_ids`` of the COCO dict ``data``."""
+    gt = ground_truth(data, image_ids)
     metrics = coco_eval(gt, boxes, "bbox", image_ids, category_ids)
-    if with_masks:
+    if masks is not None:
         if has_all_masks(gt):
             metrics.update(coco_eval(gt, masks, "segm", image_ids, category_ids))
         else:
@@ -103,19 +111,24 @@ def evaluate_results(data: dict, detections: Sequence[dict[str, Tensor]], image_
 
 
 @torch.no_grad()
-def detect_dataset(model: Any, dataset: CocoInstances, batch_size: int = 1, device: str | torch.device = "cpu",
-                   workers: int = 0, autocast_dtype: torch.dtype | None = None
-                   ) -> tuple[list[dict[str, Tensor]], list[int]]:
-    """Detections (original pixels) of every image of ``dataset`` (its test pipeline), and the image ids."""
+def detect_to_coco(model: Any, dataset: Dataset, category_ids: Sequence[int], batch_size: int = 1,
+                   device: str | torch.device = "cpu", workers: int = 0, autocast_dtype: torch.dtype | None = None
+                   ) -> tuple[list[dict], list[dict], list[int]]:
+    """COCO box results, mask results (RLE, made image by image so that full-size masks are never held for the
+    whole set) and the image ids of every image of ``dataset`` (a ``CocoInstances`` with its test pipeline, or a
+    subset of one)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate_detection)
     model.eval()
-    detections, image_ids = [], []
+    boxes, masks, image_ids = [], [], []
     device = torch.device(device)
     for images, samples in loader:
         metas = [s.meta for s in samples]
         with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
             results = model.detect(images.to(device), metas, rescale=True)
-        detections += [{k: v.cpu() for k, v in r.items()} for r in results]
-        image_ids += [m["image_id"] for m in metas]
-    return detections, image_ids
+        ids = [m["image_id"] for m in metas]
+        batch_boxes, batch_masks = coco_results(results, ids, category_ids)
+        boxes += batch_boxes
+        masks += batch_masks
+        image_ids += ids
+    return boxes, masks, image_ids

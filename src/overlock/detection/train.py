@@ -6,7 +6,8 @@ sample from (seed, pass, index) so that a run killed and resumed continues exact
 from the seeded step), the resumable shardable sampler, DDP under torchrun with BatchNorm synchronised across GPUs,
 AMP, the stop on a non-finite loss, progress, CSV and TensorBoard logs. What is its own is what the recipe
 prescribes: mmcv's step schedule by epoch with linear warm-up by iteration, mmdet's losses, and COCO box and mask
-AP at the end of every ``eval_every``-th epoch (the main process evaluates the whole validation set).
+AP at the end of every ``eval_every``-th epoch (each process detects a share of the validation images, the main
+one gathers their COCO results and evaluates).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..data.seeded import SeededDataset
 from ..engine.checkpoint import CheckpointError, check_same_classes, load_training_checkpoint, save_atomic
@@ -38,7 +39,7 @@ from ..engine.sampler import EpochSampler
 from ..engine.seeding import restore_rng, rng_state
 from ..segmentation.config import param_groups
 from .data import CocoInstances, DetectionSample, EvalPipeline, TrainPipeline1x, TrainPipeline3x, collate_detection
-from .evaluate import detect_dataset, evaluate_results
+from .evaluate import detect_to_coco, evaluate_coco_results
 from .losses import DetectorWithLosses
 from .presets import DetTrainConfig, build_detector, coco_paths, step_lr
 
@@ -185,10 +186,17 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
         nonlocal last_eval, best_ap
         if at.data_pass % cfg.eval_every and at.data_pass != cfg.epochs:
             return
+        shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
+        results = detect_to_coco(model, shard, category_ids, 1, info.device, 0, amp_dtype)
+        if info.enabled:  # the COCO results (RLE masks: small) of every process, to the main one
+            gathered = [None] * info.world_size if info.is_main else None
+            torch.distributed.gather_object(results, gathered, dst=0)
+            if info.is_main:
+                results = tuple([item for part in gathered for item in part[k]] for k in range(3))
         if not info.is_main:
             return
-        detections, image_ids = detect_dataset(model, val_set, 1, info.device, 0, amp_dtype)
-        last_eval = evaluate_results(val_set.coco, detections, image_ids, category_ids)
+        boxes, masks, image_ids = results
+        last_eval = evaluate_coco_results(val_set.coco, boxes, masks, sorted(image_ids), category_ids)
         improved = last_eval["bbox_mAP"] > best_ap
         best_ap = max(best_ap, last_eval["bbox_mAP"])
         row = {"epoch": at.data_pass, "step": at.step, "lr": optimizer.param_groups[0]["lr"],
