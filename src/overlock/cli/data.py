@@ -4,7 +4,8 @@ each class in its documented folder (``T-shirt/top`` in ``T-shirt%2Ftop``), read
 
 ``overlock data shapes OUT``: generated images of discs, squares and triangles with their exact masks, in the
 segmentation folder layout (``OUT/images``, ``OUT/masks``, ``OUT/classes.txt``), ready for ``overlock seg train
---preset shapes --data-dir OUT``."""
+--preset shapes --data-dir OUT``, and as COCO instances of the same images (``OUT/annotations/instances_{train,val}
+.json``), ready for ``overlock det train --preset shapes --data-dir OUT``."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         from overlock.data.shapes import write_shapes_dataset
 
         written = write_shapes_dataset(args.out, args.train_count, args.val_count, args.size, args.seed)
-        print(f"wrote {written['train']} training and {written['val']} validation images with masks to {args.out}")
+        print(f"wrote {written['train']} training and {written['val']} validation images with masks and COCO "
+              f"instances to {args.out}")
         return 0
 
     written = write_fashion_mnist_folders(args.out, args.data_dir, args.train_limit, args.test_limit)

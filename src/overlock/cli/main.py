@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "train": "train or fine-tune a model (torchrun for several processes)",
     "validate": "top-1/top-5 and loss on an image folder or robustness set",
     "seg": "semantic segmentation (UperNet): seg train, seg validate",
+    "det": "object detection and instance masks ((Cascade) Mask R-CNN): det train, det validate, det predict",
     "predict": "top-k classes for images",
     "benchmark": "throughput, latency and memory against other timm models",
     "erf": "effective receptive fields of models side by side (RepLKNet's method): heat maps and area ratios",

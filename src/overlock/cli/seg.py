@@ -127,10 +127,10 @@ def _train(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     import torch
 
-    from overlock.segmentation.data import SegmentationDataset
-    from overlock.segmentation.inference import SegInference, load_segmenter
     from overlock.engine.distributed import init_distributed
+    from overlock.segmentation.data import SegmentationDataset
     from overlock.segmentation.evaluate import evaluate_segmentation
+    from overlock.segmentation.inference import SegInference, load_segmenter
 
     loaded = load_segmenter(args.weights, args.backbone)
     dataset = SegmentationDataset(args.data_dir, args.split, args.dataset, classes=loaded.classes,

@@ -50,9 +50,9 @@ def _validate(args: argparse.Namespace, sets: dict[str, str]) -> int:
     from torch.utils.data import DataLoader
 
     from overlock.data import ImageFolderDataset, collate_skipping_corrupt
+    from overlock.classification.evaluate import evaluate
     from overlock.classification.inference import load_model, prepare_for_inference, set_classes
     from overlock.engine.distributed import init_distributed
-    from overlock.classification.evaluate import evaluate
 
     name = model_name(args)
     loaded = load_model(name, args.weights, args.img_size, args.crop_pct)

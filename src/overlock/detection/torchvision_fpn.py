@@ -7,7 +7,7 @@ the ``out_channels`` attribute and ``OrderedDict`` output torchvision's detectio
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import timm
 from torch import Tensor, nn
