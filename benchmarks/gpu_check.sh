@@ -4,7 +4,8 @@
 #   - the GPU tests (Triton ContMix forward and backward against the reference, fp32 and bf16, awkward shapes);
 #   - the Triton kernel's achieved memory bandwidth (fp32, bf16);
 #   - inference and training throughput and peak memory of OverLoCK-XT and -T against ConvNeXt-T, batch 128, bf16;
-#   - one forward and backward pass of the OverLoCK-T detection backbone at 800x1333, batch 2.
+#   - one forward and backward pass of the OverLoCK-T detection backbone at 800x1333, batch 2;
+#   - OverLoCK-T Mask R-CNN at 800x1333: inference at batch 1 and a training step at batch 2, with peak memory.
 # Without a CUDA GPU it says so and exits at once with status 2.
 #
 #   bash benchmarks/gpu_check.sh [DIR]
@@ -42,6 +43,7 @@ for mode in infer train; do
 done
 run dense_step 60 "$python" benchmarks/dense_step.py overlock_t --height 800 --width 1333 --batch-size 2 \
     --device cuda --json "$out/dense_step.json"
+run det_cost 120 "$python" benchmarks/det_cost.py --device cuda --iters 5 --warmup 2 --json "$out/det_cost.json"
 
 "$python" - "$out" <<'PY'
 import glob, json, os, sys

@@ -69,10 +69,11 @@ def _install_stand_ins(av: str) -> None:
         sys.modules.update({"mmengine": mmengine, "mmengine.runner": mmengine.runner})
 
 
-def _segmentation_stand_ins() -> None:
-    """Make the mmsegmentation / mmcv names the official segmentation file imports available (a registry whose
-    decorator leaves the builders as they are, a logger, a checkpoint loader), unless the real packages are there."""
-    if "mmseg" in sys.modules or importlib.util.find_spec("mmseg") is not None:
+def _openmmlab_stand_ins(package: str) -> None:
+    """Make the OpenMMLab names the official dense model files import available (``package`` is ``mmseg`` or
+    ``mmdet``: a registry whose decorator leaves the builders as they are, a logger; mmcv's checkpoint loader),
+    unless the real package is there."""
+    if package in sys.modules or importlib.util.find_spec(package) is not None:
         return
 
     class _Registry:
@@ -83,11 +84,12 @@ def _segmentation_stand_ins() -> None:
         raise RuntimeError("loading official weights through mmcv is not supported in benchmarks")
 
     modules = {name: types.ModuleType(name) for name in
-               ("mmseg", "mmseg.models", "mmseg.models.builder", "mmseg.utils", "mmcv", "mmcv.runner")}
-    modules["mmseg.models.builder"].MODELS = _Registry()
-    modules["mmseg.utils"].get_root_logger = lambda *args, **kwargs: logging.getLogger("official")
+               (package, f"{package}.models", f"{package}.models.builder", f"{package}.utils", "mmcv", "mmcv.runner")}
+    modules[f"{package}.models.builder"].MODELS = _Registry()
+    modules[f"{package}.utils"].get_root_logger = lambda *args, **kwargs: logging.getLogger("official")
     modules["mmcv.runner"].load_checkpoint = load_checkpoint
-    sys.modules.update(modules)
+    sys.modules.update({name: module for name, module in modules.items()
+                        if not (name.startswith("mmcv") and name in sys.modules)})
 
 
 def _exec_official_file(path: Path, module_name: str) -> types.ModuleType:
@@ -131,13 +133,24 @@ def load_official_model(repo: str | Path, name: str, av: str = "unfold", **kwarg
     return _build(_exec_official_file(path, "overlock_official_models"), name, **kwargs)
 
 
+def _load_official_dense_backbone(repo: str | Path, task: str, package: str, name: str, av: str,
+                                  **kwargs) -> nn.Module:
+    path = Path(repo) / task / "models" / "overlock.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no official {task} model file at {path}: pass the root of a clone of "
+                                f"LMMMEng/OverLoCK")
+    _install_stand_ins(av)
+    _openmmlab_stand_ins(package)
+    return _build(_exec_official_file(path, f"overlock_official_{task}"), name, **kwargs)
+
+
 def load_official_segmentation_backbone(repo: str | Path, name: str, av: str = "unfold", **kwargs) -> nn.Module:
     """Build the official UperNet backbone ``name`` (e.g. ``overlock_t``) from ``segmentation/models/overlock.py`` of
     the clone at ``repo``: forward gives the four pyramid levels. ``av`` as for ``load_official_model``."""
-    path = Path(repo) / "segmentation" / "models" / "overlock.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"no official segmentation model file at {path}: pass the root of a clone of "
-                                f"LMMMEng/OverLoCK")
-    _install_stand_ins(av)
-    _segmentation_stand_ins()
-    return _build(_exec_official_file(path, "overlock_official_segmentation"), name, **kwargs)
+    return _load_official_dense_backbone(repo, "segmentation", "mmseg", name, av, **kwargs)
+
+
+def load_official_detection_backbone(repo: str | Path, name: str, av: str = "unfold", **kwargs) -> nn.Module:
+    """Build the official Mask R-CNN backbone ``name`` (e.g. ``overlock_t``) from ``detection/models/overlock.py`` of
+    the clone at ``repo``: forward gives the four pyramid levels. ``av`` as for ``load_official_model``."""
+    return _load_official_dense_backbone(repo, "detection", "mmdet", name, av, **kwargs)
