@@ -10,6 +10,7 @@ import pytest
 import torch
 from pycocotools import mask as coco_mask
 
+from overlock.data.image_io import fit_size
 from overlock.detection.data import (
     CocoInstances,
     DetectionDataError,
@@ -18,7 +19,6 @@ from overlock.detection.data import (
     TrainPipeline3x,
     collate_detection,
     read_coco,
-    rescale_size,
 )
 
 
@@ -127,7 +127,7 @@ def test_test_pipeline_sizes_and_meta(tmp_path):
     expected = (torch.tensor([30.0, 20, 10]) - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor(
         [58.395, 57.12, 57.375])
     torch.testing.assert_close(sample.image[:, 0, 0], expected)
-    assert rescale_size(427, 640, (1333, 800)) == (800, 1199)  # int(640 * 800/427 + 0.5)
+    assert fit_size(427, 640, (1333, 800)) == (800, 1199)  # int(640 * 800/427 + 0.5)
 
 
 def test_train_pipelines_flip_crop_and_collate(tmp_path):

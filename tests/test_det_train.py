@@ -10,7 +10,7 @@ from overlock.cli.main import main
 from overlock.data.shapes import write_shapes_dataset
 from overlock.detection.presets import DET_PRESETS, build_detector, det_preset, step_lr
 from overlock.detection.train import train_detection
-from overlock.segmentation.config import param_groups
+from overlock.engine.optimizer import substring_decay_groups
 
 
 def test_official_recipes():
@@ -37,7 +37,7 @@ def test_step_schedule_with_linear_warmup():
 def test_no_weight_decay_for_norms_only():
     cfg = det_preset("shapes")
     model = build_detector(cfg, 3)
-    decay, no_decay = param_groups(model, cfg)
+    decay, no_decay = substring_decay_groups(model, cfg.weight_decay, cfg.no_decay_keys)
     names = {id(p): n for n, p in model.named_parameters()}
     assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == 0.05
     assert no_decay["params"] and all("norm" in names[id(p)] for p in no_decay["params"])

@@ -9,8 +9,8 @@ the first; a JSON that is not COCO, or a data set left without images, is a one-
 Training (``filter_empty=True``) leaves out images without annotations of a known category and images with
 a side under 32 pixels, as mmdet's ``filter_empty_gt`` does.
 
-Images are decoded and resized with OpenCV exactly as mmcv 1.x does (``cv2.imdecode``, ``cv2.resize`` with
-``INTER_LINEAR``, masks ``INTER_NEAREST``), so the network sees the official pixels. Pipelines (seeded per
+Images are decoded and resized by ``overlock.data.image_io``, with OpenCV as mmcv 1.x does (``cv2.imdecode``,
+``cv2.resize`` with ``INTER_LINEAR``, masks ``INTER_NEAREST``), so the network sees the official pixels. Pipelines (seeded per
 sample by ``SeededDataset``): ``TrainPipeline1x`` (resize into (1333, 800), flip 0.5), ``TrainPipeline3x``
 (flip, then either one multi-scale resize or resize + random crop + resize, as the official 3x configs), and
 ``EvalPipeline`` (resize into (1333, 800)); each normalises and pads to a multiple of 32.
@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from pycocotools import mask as coco_mask
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from ..data import image_io
 
 _logger = logging.getLogger(__name__)
 
@@ -221,22 +222,14 @@ def decode_masks(segmentations: Sequence[Any], height: int, width: int) -> np.nd
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, decoded by OpenCV as mmcv decodes (``cv2.imdecode``, colour, BGR turned to RGB)."""
-    buffer = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
-    if image is None:
-        raise DetectionDataError(f"cannot decode image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """(H, W, 3) uint8 RGB, decoded as mmcv decodes (``overlock.data.image_io``); a one-line error naming the file."""
+    try:
+        return image_io.read_image(path)
+    except ValueError as exc:
+        raise DetectionDataError(f"cannot decode image {path}: {exc}") from None
 
 
 # ---------------------------------------------------------------------- pipeline steps (mmcv/mmdet semantics)
-def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
-    """(height, width) fitted keeping the ratio into ``scale`` (long, short edge in either order), mmcv's
-    ``rescale_size``: factor = min(long / long side, short / short side), sides int(side * factor + 0.5)."""
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
-
-
 @dataclass
 class Instances:
     """An image and its targets while the pipeline works on them (numpy, image pixels)."""
@@ -252,11 +245,10 @@ class Instances:
         """mmdet ``Resize(keep_ratio=True)``: image bilinear (OpenCV), masks nearest, boxes scaled by the w and h
         factors and clipped to the new image."""
         height, width = self.image.shape[:2]
-        new_h, new_w = rescale_size(height, width, scale)
-        self.image = cv2.resize(self.image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        new_h, new_w = image_io.fit_size(height, width, scale)
+        self.image = image_io.resize_image(self.image, (new_h, new_w))
         if len(self.masks):
-            self.masks = np.stack([cv2.resize(m, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-                                   for m in self.masks])
+            self.masks = np.stack([image_io.resize_mask(m, (new_h, new_w)) for m in self.masks])
         else:
             self.masks = np.zeros((0, new_h, new_w), dtype=np.uint8)
         factor = np.array([new_w / width, new_h / height] * 2, dtype=np.float32)

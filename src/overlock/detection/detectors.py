@@ -16,8 +16,9 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from ..models.overlock import CheckpointMismatchError, OverLoCK, checkpoint_filter_fn, mismatch_report
-from ..segmentation.upernet import _OFFICIAL_ARGS, upernet_state_dict  # _OFFICIAL_ARGS: official argument names -> ours
+from ..models.overlock import (
+    OFFICIAL_ARG_NAMES, CheckpointMismatchError, OverLoCK, checkpoint_filter_fn, dense_state_dict, mismatch_report,
+)
 from ..weights_file import read_checkpoint
 from .boxes import AnchorGenerator, DeltaXYWHCoder
 from .necks import FPN
@@ -37,7 +38,7 @@ from .rpn import RPNHead, RPNTestConfig, rpn_test_config, select_proposals
 
 __all__ = [
     "DETECTOR_VARIANTS", "CascadeMaskRCNN", "DetectorConfig", "MaskRCNN", "TestConfig", "create_cascade_maskrcnn",
-    "create_detector", "create_maskrcnn", "detector_from_mmdet_config", "detector_state_dict", "load_detector_weights",
+    "create_detector", "create_maskrcnn", "detector_from_mmdet_config", "load_detector_weights",
     "load_official_detector", "recognise_detector",
 ]
 
@@ -241,14 +242,14 @@ def detector_from_mmdet_config(config: dict[str, Any]) -> MaskRCNN:
     backbone = dict(config["backbone"])
     name = backbone.pop("type")
     backbone.pop("pretrained", None)
-    unknown = set(backbone) - set(_OFFICIAL_ARGS)
+    unknown = set(backbone) - set(OFFICIAL_ARG_NAMES)
     if unknown:
         raise ValueError(f"backbone arguments this implementation does not know: {', '.join(sorted(unknown))}")
     roi = config["roi_head"]
     bbox_head = roi["bbox_head"][0] if isinstance(roi["bbox_head"], list) else roi["bbox_head"]
     detector = DetectorConfig(
         backbone=name if name.startswith("overlock_") else "overlock_t",  # the class: every argument given
-        backbone_args={_OFFICIAL_ARGS[k]: v for k, v in backbone.items()},
+        backbone_args={OFFICIAL_ARG_NAMES[k]: v for k, v in backbone.items()},
         num_classes=bbox_head["num_classes"],
         cascade=kind == "CascadeRCNN",
         fpn_channels=config["neck"]["out_channels"],
@@ -267,12 +268,6 @@ def detector_from_mmdet_config(config: dict[str, Any]) -> MaskRCNN:
 
 # FPN input widths (lateral convs) -> variant
 _VARIANT_BY_WIDTHS = {(64, 128, 384, 640): "t", (64, 128, 448, 640): "s", (80, 160, 528, 720): "b"}
-
-
-def detector_state_dict(checkpoint: Any) -> dict[str, Tensor]:
-    """The weights of a detector checkpoint: mmdet's (under ``state_dict``, beside ``meta``), a bare state dict or
-    one under ``model``; prefixes of distributed wrappers removed (mmdet wraps them as mmseg does)."""
-    return upernet_state_dict(checkpoint)
 
 
 def recognise_detector(state_dict: dict[str, Tensor]) -> tuple[str, bool, int]:
@@ -300,7 +295,7 @@ def load_official_detector(checkpoint: str | Path | dict[str, Any], test_cfg: Te
     source: str | Path = "checkpoint"
     if isinstance(checkpoint, (str, Path)):
         source, checkpoint = checkpoint, read_checkpoint(checkpoint)
-    state_dict = detector_state_dict(checkpoint)
+    state_dict = dense_state_dict(checkpoint)
     variant, cascade, num_classes = recognise_detector(state_dict)
     make = create_cascade_maskrcnn if cascade else create_maskrcnn
     model = make(variant, num_classes, test_cfg)
@@ -308,9 +303,9 @@ def load_official_detector(checkpoint: str | Path | dict[str, Any], test_cfg: Te
 
 
 def load_detector_weights(model: MaskRCNN, checkpoint: Any, source: str | Path = "checkpoint") -> MaskRCNN:
-    """Load a detector checkpoint (any wrapper, see ``detector_state_dict``) into ``model``, strictly, with a
+    """Load a detector checkpoint (any wrapper, see ``overlock.models.overlock.dense_state_dict``) into ``model``, strictly, with a
     ``CheckpointMismatchError`` listing missing, unexpected and mis-shaped keys."""
-    state_dict = detector_state_dict(checkpoint)
+    state_dict = dense_state_dict(checkpoint)
     target = model.state_dict()
     missing = set(target) - set(state_dict)
     unexpected = set(state_dict) - set(target)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.optimizer import linear_warmup
 from .data import DetectionDataError
 from .detectors import DETECTOR_VARIANTS, DetectorConfig, MaskRCNN, TestConfig, create_detector
 from .losses import CASCADE_TRAIN, MASK_RCNN_TRAIN, DetectorTrainCfg
@@ -139,6 +140,4 @@ def step_lr(cfg: DetTrainConfig, step: int, epoch: int) -> float:
     ``StepLrUpdaterHook`` by epoch (times 0.1 for each of ``lr_steps`` reached) with ``warmup='linear'`` over the
     first ``warmup_iters`` iterations from ``warmup_ratio``."""
     lr = cfg.lr * 0.1 ** sum(epoch >= s for s in cfg.lr_steps)
-    if step < cfg.warmup_iters:
-        lr *= 1 - (1 - step / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
-    return lr
+    return linear_warmup(lr, step, cfg.warmup_iters, cfg.warmup_ratio)

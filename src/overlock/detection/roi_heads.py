@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ..segmentation.upernet import ConvBNReLU
+from ..layers import ConvBNReLU
 from .boxes import DeltaXYWHCoder, boxes_to_rois, map_roi_levels, multiclass_nms
 from .masks import paste_masks
 from .necks import ConvModule

@@ -26,7 +26,7 @@ from ..data.seeded import SeededDataset
 from ..engine.checkpoint import CheckpointError, check_same_classes, load_training_checkpoint, save_atomic
 from ..engine.distributed import init_distributed, sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
-from ..engine.optimizer import AMP_DTYPES
+from ..engine.optimizer import AMP_DTYPES, substring_decay_groups
 from ..engine.run_logs import (
     CsvLog,
     finish_run_logs,
@@ -37,7 +37,6 @@ from ..engine.run_logs import (
 )
 from ..engine.sampler import EpochSampler
 from ..engine.seeding import restore_rng, rng_state
-from ..segmentation.config import param_groups
 from .data import CocoInstances, DetectionSample, EvalPipeline, TrainPipeline1x, TrainPipeline3x, collate_detection
 from .evaluate import detect_to_coco, evaluate_coco_results
 from .losses import DetectorWithLosses
@@ -130,7 +129,7 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
         raise ValueError(f"{len(train_set)} training images give no full step of {cfg.global_batch} images "
                          f"({cfg.batch_size} x {accum} x {info.world_size} processes): lower --global-batch")
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(substring_decay_groups(model, cfg.weight_decay, cfg.no_decay_keys), lr=cfg.lr, betas=(0.9, 0.999))
     amp_dtype = AMP_DTYPES[cfg.amp]
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
     with_losses = DetectorWithLosses(model, cfg.train_cfg)

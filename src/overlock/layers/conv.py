@@ -131,3 +131,18 @@ class DilatedRepConv(nn.Module):
         for name in [name for name, _ in self.named_children() if name != "lk_origin"]:
             delattr(self, name)
         self.lk_origin = merged
+
+
+class ConvBNReLU(nn.Module):
+    """Conv (no bias), BatchNorm, ReLU, under the names of mmcv's ``ConvModule`` (``conv``, ``bn``)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, **dd: Any):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False, **dd)
+        self.bn = nn.BatchNorm2d(out_chs, **dd)
+        self.activate = nn.ReLU(inplace=True)
+        # mmcv initialises the conv at construction (Kaiming normal, fan-out, for ReLU), the BN to (1, 0)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activate(self.bn(self.conv(x)))

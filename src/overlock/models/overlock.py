@@ -542,17 +542,38 @@ def _classifier(in_dim: int, num_classes: int, **dd: Any) -> nn.Module:
 # ---------------------------------------------------------------------- checkpoint filter
 _CLASSIFIER_PREFIXES = ("head.4.", "aux_head.2.")
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+_DENSE_WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema")  # mmdet/mmseg keep the weights under state_dict
+# the official constructor's argument names (its mmdet/mmseg configs) -> ours
+OFFICIAL_ARG_NAMES = {
+    "depth": "depths", "sub_depth": "sub_depths", "embed_dim": "embed_dims", "kernel_size": "kernel_sizes",
+    "mlp_ratio": "mlp_ratios", "sub_mlp_ratio": "sub_mlp_ratios", "sub_num_heads": "sub_num_heads",
+    "ls_init_value": "ls_init_values", "res_scale": "res_scale", "smk_size": "smk_size",
+    "drop_path_rate": "drop_path_rate", "deploy": "deploy", "in_chans": "in_chans",
+}
 _DENSE_ONLY_PREFIXES = ("extra_norm.", "h_proj.")
+
+
+def _unwrapped(checkpoint: Any, wrappers: Sequence[str]) -> dict[str, Tensor]:
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
+    for key in wrappers:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return {k.removeprefix("module."): v for k, v in checkpoint.items() if torch.is_tensor(v)}
+
+
+def dense_state_dict(checkpoint: Any) -> dict[str, Tensor]:
+    """The weights of a whole dense model's checkpoint (UperNet, Mask R-CNN): mmseg's or mmdet's (under
+    ``state_dict``, beside ``meta``), a bare state dict or one under ``model``; prefixes of distributed wrappers
+    removed, the ``backbone.`` prefix kept."""
+    return _unwrapped(checkpoint, _DENSE_WRAPPER_KEYS)
 
 
 def unwrap_state_dict(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
     """The weights inside a checkpoint, whatever its wrapper (EMA first), with prefixes of distributed wrappers
     and of detection/segmentation models (``backbone.``) removed."""
-    for key in _WRAPPER_KEYS:
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    state_dict = {k.removeprefix("module."): v for k, v in checkpoint.items() if torch.is_tensor(v)}
+    state_dict = _unwrapped(checkpoint, _WRAPPER_KEYS)
     if any(k.startswith("backbone.") for k in state_dict):
         state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
     return state_dict

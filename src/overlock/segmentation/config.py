@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.optimizer import linear_warmup, substring_decay_groups
 from .upernet import UperNet, create_upernet
 
 
@@ -105,14 +106,8 @@ def build_segmenter(cfg: SegTrainConfig, num_classes: int) -> UperNet:
 
 
 def param_groups(model: nn.Module, cfg: SegTrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups as mmcv builds them from the official ``paramwise_cfg``: weight decay 0 for every parameter whose
-    full name contains one of ``cfg.no_decay_keys`` as a substring, ``cfg.weight_decay`` for all others (BatchNorms
-    and biases included)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if any(key in name for key in cfg.no_decay_keys) else decay).append(param)
-    return [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    """AdamW groups of the official ``paramwise_cfg`` (``engine.optimizer.substring_decay_groups``)."""
+    return substring_decay_groups(model, cfg.weight_decay, cfg.no_decay_keys)
 
 
 def build_optimizer(model: nn.Module, cfg: SegTrainConfig) -> torch.optim.Optimizer:
@@ -124,6 +119,4 @@ def poly_lr(cfg: SegTrainConfig, step: int) -> float:
     down to ``cfg.min_lr``, times a linear warm-up from ``cfg.warmup_ratio`` over the first ``cfg.warmup_iters``
     (mmcv's ``PolyLrUpdaterHook`` with ``warmup='linear'``)."""
     lr = (cfg.lr - cfg.min_lr) * (1 - step / cfg.iters) ** cfg.power + cfg.min_lr
-    if step < cfg.warmup_iters:
-        lr *= 1 - (1 - step / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
-    return lr
+    return linear_warmup(lr, step, cfg.warmup_iters, cfg.warmup_ratio)

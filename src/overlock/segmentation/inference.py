@@ -23,10 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from ..data.image_io import read_image
+from ..models.overlock import dense_state_dict
 from .config import SegTrainConfig, build_segmenter
 from .data import prepare_test_image
 from .upernet import (
-    UPERNET_VARIANTS, create_upernet, load_upernet_weights, read_checkpoint, resize_to, upernet_state_dict,
+    UPERNET_VARIANTS, create_upernet, load_upernet_weights, read_checkpoint, resize_to,
 )
 
 __all__ = [
@@ -153,7 +154,7 @@ def load_segmenter(weights: str | Path, backbone: str | None = None) -> LoadedSe
         classes = [str(c) for c in checkpoint.get("classes") or []]
         model = load_upernet_weights(build_segmenter(cfg, len(classes)), checkpoint, weights)
         return LoadedSegmenter(model.eval(), classes, f"{cfg.backbone} UperNet, run checkpoint {weights}")
-    state_dict = upernet_state_dict(checkpoint)
+    state_dict = dense_state_dict(checkpoint)
     head = state_dict.get("decode_head.conv_seg.weight")
     if head is None:
         raise ValueError(f"{weights} holds no UperNet decode head (decode_head.conv_seg.weight)")

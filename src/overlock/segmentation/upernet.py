@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from ..models.overlock import CheckpointMismatchError, OverLoCK, mismatch_report
+from ..layers import ConvBNReLU
+from ..models.overlock import OFFICIAL_ARG_NAMES, CheckpointMismatchError, OverLoCK, dense_state_dict, mismatch_report
 
 __all__ = [
     "UPERNET_VARIANTS", "FCNHead", "UPerHead", "UperNet", "create_upernet", "load_upernet_checkpoint",
-    "load_upernet_weights", "read_checkpoint", "upernet_from_mmseg_config", "upernet_state_dict",
+    "load_upernet_weights", "read_checkpoint", "upernet_from_mmseg_config", 
 ]
 
 POOL_SCALES = (1, 2, 3, 6)
@@ -46,21 +47,6 @@ def resize_as(x: Tensor, reference: Tensor) -> Tensor:
 
 
 torch.fx.wrap("resize_as")
-
-
-class ConvBNReLU(nn.Module):
-    """Conv (no bias), BatchNorm, ReLU, under the names of mmcv's ``ConvModule`` (``conv``, ``bn``)."""
-
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, **dd: Any):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False, **dd)
-        self.bn = nn.BatchNorm2d(out_chs, **dd)
-        self.activate = nn.ReLU(inplace=True)
-        # mmcv initialises the conv at construction (Kaiming normal, fan-out, for ReLU), the BN to (1, 0)
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.activate(self.bn(self.conv(x)))
 
 
 class PyramidPooling(nn.ModuleList):
@@ -204,14 +190,6 @@ def create_upernet(
 
 
 # the official OverLoCK constructor's argument names -> ours
-_OFFICIAL_ARGS = {
-    "depth": "depths", "sub_depth": "sub_depths", "embed_dim": "embed_dims", "kernel_size": "kernel_sizes",
-    "mlp_ratio": "mlp_ratios", "sub_mlp_ratio": "sub_mlp_ratios", "sub_num_heads": "sub_num_heads",
-    "ls_init_value": "ls_init_values", "res_scale": "res_scale", "smk_size": "smk_size",
-    "drop_path_rate": "drop_path_rate", "deploy": "deploy", "in_chans": "in_chans",
-}
-
-
 def upernet_from_mmseg_config(config: dict[str, Any], **kwargs: Any) -> UperNet:
     """The UperNet an mmsegmentation ``model`` config of the official code describes (``EncoderDecoder`` with an
     OverLoCK backbone, a ``UPerHead`` and an ``FCNHead``): a registered variant (``type='overlock_t'``) or the
@@ -219,7 +197,7 @@ def upernet_from_mmseg_config(config: dict[str, Any], **kwargs: Any) -> UperNet:
     backbone = dict(config["backbone"])
     kind = backbone.pop("type")
     backbone.pop("pretrained", None)
-    unknown = set(backbone) - set(_OFFICIAL_ARGS)
+    unknown = set(backbone) - set(OFFICIAL_ARG_NAMES)
     if unknown:
         raise ValueError(f"backbone arguments this implementation does not know: {', '.join(sorted(unknown))}")
     name = kind if kind.startswith("overlock_") else "overlock_t"  # the class: every architecture argument given
@@ -228,23 +206,8 @@ def upernet_from_mmseg_config(config: dict[str, Any], **kwargs: Any) -> UperNet:
         name, num_classes=decode["num_classes"], channels=decode["channels"],
         aux_channels=aux["channels"] if aux else None, aux_index=aux["in_index"] if aux else 2,
         pool_scales=tuple(decode["pool_scales"]), dropout=decode["dropout_ratio"],
-        **{_OFFICIAL_ARGS[k]: v for k, v in backbone.items()}, **kwargs,
+        **{OFFICIAL_ARG_NAMES[k]: v for k, v in backbone.items()}, **kwargs,
     )
-
-
-_WRAPPERS = ("state_dict", "model", "state_dict_ema")
-
-
-def upernet_state_dict(checkpoint: Any) -> dict[str, Tensor]:
-    """The weights of an UperNet checkpoint: mmsegmentation's (under ``state_dict``, beside ``meta``), a bare
-    state dict, or one under ``model``; prefixes of distributed wrappers removed."""
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
-    for key in _WRAPPERS:
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    return {k.removeprefix("module."): v for k, v in checkpoint.items() if torch.is_tensor(v)}
 
 
 def read_checkpoint(path: Union[str, Path]) -> Any:
@@ -259,8 +222,8 @@ def read_checkpoint(path: Union[str, Path]) -> Any:
 
 
 def load_upernet_weights(model: UperNet, checkpoint: Any, source: Union[str, Path] = "checkpoint") -> UperNet:
-    """Load the weights of a checkpoint (any wrapper, see ``upernet_state_dict``) into ``model``, strictly."""
-    state_dict = upernet_state_dict(checkpoint)
+    """Load the weights of a checkpoint (any wrapper, see ``dense_state_dict``) into ``model``, strictly."""
+    state_dict = dense_state_dict(checkpoint)
     check_fits(state_dict, model, source)
     model.load_state_dict(state_dict)
     return model
