@@ -203,7 +203,7 @@ def test_contmix_without_softmax_uses_the_logits_as_weights():
     weights = weights / weights.sum(-1, keepdim=True)
     value = torch.randn(1, groups, 6, 6, 4)
     rpb = torch.zeros(groups, 2 * k - 1, 2 * k - 1)
-    unnormalised = ContMix(k, k, groups, softmax=False)._apply(weights, value, k, rpb)
+    unnormalised = ContMix(k, k, groups, softmax=False)._kernel_sum(weights, value, k, rpb)
     torch.testing.assert_close(unnormalised, contmix_apply(weights.log(), value, k, rpb, "reference"))
     assert not torch.allclose(unnormalised, contmix_apply(weights, value, k, rpb, "reference"))
 

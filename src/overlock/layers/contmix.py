@@ -147,7 +147,8 @@ class ContMix(nn.Module):
         return neighbourhood_weighted_sum(logits + bias.unsqueeze(0).to(logits.dtype), value, kernel_size,
                                           self.dilation)
 
-    def _apply(self, logits: Tensor, value: Tensor, kernel_size: int, rpb: Tensor) -> Tensor:
+    def _kernel_sum(self, logits: Tensor, value: Tensor, kernel_size: int, rpb: Tensor) -> Tensor:
+        """The kernels from ``logits`` applied to ``value`` (softmax-normalised unless ``softmax=False``)."""
         if self.softmax:
             return contmix_apply(logits, value, kernel_size, rpb, self.backend, self.dilation)
         return self._apply_unnormalised(logits, value, kernel_size, rpb)
@@ -166,8 +167,8 @@ class ContMix(nn.Module):
         logits = logits.reshape(batch, self.num_groups, height, width, -1)
         small, large = logits.split([self.smk_size * self.smk_size, self.kernel_size * self.kernel_size], dim=-1)
         values, out, halves = value_halves(value, self.num_groups)
-        mixed_small = self._apply(small, values[0], self.smk_size, rpb_small)
-        mixed_large = self._apply(large, values[1], self.kernel_size, rpb_large)
+        mixed_small = self._kernel_sum(small, values[0], self.smk_size, rpb_small)
+        mixed_large = self._kernel_sum(large, values[1], self.kernel_size, rpb_large)
         halves[:, 0].copy_(mixed_small.permute(0, 1, 4, 2, 3))
         halves[:, 1].copy_(mixed_large.permute(0, 1, 4, 2, 3))
         return out
