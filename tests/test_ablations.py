@@ -20,6 +20,7 @@ from overlock.cli.args import OneLineParser
 from overlock.layers import DynamicConvBlock, RepConvBlock
 from overlock.layers.contmix import ContMix
 from overlock.models import ABLATIONS, MODEL_ARGS, OverLoCK, resolve_model_name, row_for_model
+from overlock.models.ablations import rows_from_table
 from overlock.ops import contmix_apply
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "ablations.md"
@@ -48,6 +49,16 @@ def test_every_row_builds_through_timm_and_resolves():
     assert resolve_model_name("overlock_t") == "overlock_t"  # other names pass through
     with pytest.raises(ValueError, match="unknown ablation row 'table6/nothing'"):
         resolve_model_name("table6/nothing")
+
+
+def test_another_tables_rows_plug_in_as_rows():
+    """Table 7's rows come as {name: {"model", "params_m", "gflops", "top1"}} (models/swin_like.py's TABLE7)."""
+    rows = rows_from_table("table7", {"contmix": {"model": "overlock_xt", "params_m": 16.0, "gflops": 2.6,
+                                                  "top1": 80.1}})
+    row = rows["table7/contmix"]
+    assert (row.table, row.name, row.model, row.paper_params_m, row.paper_gflops, row.paper_top1) == (
+        "table7", "contmix", "overlock_xt", 16.0, 2.6, 80.1)
+    assert not row.registered_here and row.preset == "ablation"
 
 
 def test_roadmap_ends_at_overlock_xt_itself():

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .contmix import (
     REGION_GRID, ContMix, conv_bn, key_projection, pool_to_size_of, query_projection, resize_for_kernel,
 )
-from .contmix import conv_ffn as ffn_layers
+from .contmix import conv_ffn as ffn_layers  # renamed: ``conv_ffn`` is a switch of RepConvBlock
 from .conv import DepthwiseConv2d, DilatedRepConv, ResDWConv
 from .norm import GRN, LayerNorm2d
 from .scale import LayerScale
@@ -177,9 +177,13 @@ class DynamicConvBlock(nn.Module):
         identity = fused
         fused = self.norm1(fused)
         x = self.fusion(fused)
-        mixed = self._local_mixing(x) if self.lepe is not None else torch.zeros_like(x)
+        mixed: Optional[Tensor] = None  # the dynamic and the static branch, or the one the block has
+        if self.lepe is not None:
+            mixed = self.lepe(x)
         if self.contmix is not None:
-            mixed = mixed + self._dynamic_mixing(x, fused)
+            dynamic = self._dynamic_mixing(x, fused)
+            mixed = dynamic if mixed is None else dynamic + mixed
+        assert mixed is not None  # the constructor keeps one branch at least
         mixed = self.se_layer(mixed)
         if self.gate is not None:
             mixed = self.gate(x) * mixed
@@ -192,11 +196,6 @@ class DynamicConvBlock(nn.Module):
         x = self.dwconv2(x)
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
-
-    def _local_mixing(self, x: Tensor) -> Tensor:
-        """The static large-kernel branch (Dilated RepConv + BN)."""
-        assert self.lepe is not None
-        return self.lepe(x)
 
     def _dynamic_mixing(self, x: Tensor, fused: Tensor) -> Tensor:
         """ContMix on the features ``x`` with kernels from the fused map's query and key parts, then 1x1 conv + BN."""

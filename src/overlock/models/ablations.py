@@ -21,7 +21,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from .overlock import MODEL_ARGS, OverLoCK, _cfg, _create_overlock
 
-__all__ = ["AblationRow", "ABLATIONS", "resolve_model_name", "row_for_model", "ablation_rows"]
+__all__ = ["AblationRow", "ABLATIONS", "resolve_model_name", "row_for_model", "ablation_rows", "rows_from_table"]
 
 PREFIX = "overlock_abl_"
 
@@ -46,6 +46,7 @@ class AblationRow:
     paper_params_m: Optional[float] = None
     paper_gflops: Optional[float] = None
     paper_top1: Optional[float] = None
+    paper_miou: Optional[float] = None
     train: Mapping[str, Any] = field(default_factory=dict)
     preset: str = "ablation"
     note: str = ""
@@ -181,6 +182,18 @@ _TABLEG = [
 ABLATIONS: dict[str, AblationRow] = {
     row.key: row for row in _TABLE6 + _TABLEA + _TABLEB + _TABLEC + _TABLED + _TABLEE + _TABLEF + _TABLEG
 }
+
+
+def rows_from_table(table: str, entries: Mapping[str, Mapping[str, Any]]) -> dict[str, AblationRow]:
+    """Rows of another module's table, given as ``{row name: {"model": timm name, "params_m": ..., "gflops": ...,
+    "top1": ...}}`` (the form of Table 7's ``TABLE7``), keyed by their table names: ``ABLATIONS.update(...)`` adds
+    them to the registry."""
+    rows = [
+        AblationRow(table, name, entry.get("label", name), entry["model"], paper_params_m=entry.get("params_m"),
+                    paper_gflops=entry.get("gflops"), paper_top1=entry.get("top1"), note=entry.get("note", ""))
+        for name, entry in entries.items()
+    ]
+    return {row.key: row for row in rows}
 
 
 def ablation_rows(table: Optional[str] = None) -> list[AblationRow]:
