@@ -91,10 +91,12 @@ def run(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
     """The preset chosen by the arguments, with every given option applied on top."""
-    from overlock.models import row_for_model
+    from overlock.models import resolve_model_name, row_for_model
 
     given = vars(args)
     row = row_for_model(given["backbone"]) if given.get("backbone") else None
+    if row is None and given.get("backbone"):
+        resolve_model_name(given["backbone"])  # a table name that is no row: the error now, before any data is read
     default = "ablation" if row is not None else "upernet_overlock_t"  # an ablation row: the ablation schedule
     name = args.preset or next((p for p, c in SEG_PRESETS.items() if c.backbone == given.get("backbone")), default)
     cfg = preset_with_options(seg_preset(name), given, "backbone")

@@ -45,10 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset chosen by the arguments, with every given option applied on top."""
-    from overlock.models import row_for_model
+    from overlock.models import resolve_model_name, row_for_model
 
     given = vars(args)
     row = row_for_model(given["model"]) if given.get("model") else None  # a table name or an ablation timm name
+    if row is None and given.get("model"):
+        resolve_model_name(given["model"])  # a table name that is no row: the error now, before any data is read
     name = args.preset
     if name is None:
         if row is not None:
