@@ -65,12 +65,21 @@ def test_roadmap_ends_at_overlock_xt_itself():
     rows = [row for row in ABLATIONS.values() if row.table == "table6"]
     assert [row.name for row in rows][-1] == "gate" and rows[-1].model == "overlock_xt"
     assert len(rows) >= 10
-    xt = timm.create_model("overlock_xt", device="meta")
-    last_switch_row = timm.create_model(ABLATIONS["table6/initial_prior"].model, device="meta")
-    # the last step adds exactly the gates of the Focus-Net blocks
-    added = set(xt.state_dict()) - set(last_switch_row.state_dict())
-    assert added and all(".gate." in k for k in added)
-    assert set(last_switch_row.state_dict()) < set(xt.state_dict())
+    # from the DDS model on, each step adds exactly its part to the model (keys; the rest is unchanged)
+    steps = {
+        "table6/static_to_dynamic": (".weight_query.", ".weight_key.", ".weight_proj.", ".dyconv_proj.", ".rpb"),
+        "table6/aux_loss": ("aux_head.",),
+        "table6/initial_prior": (".x_scale.", ".h_scale."),
+        "table6/gate": (".gate.",),
+    }
+    previous = timm.create_model(ABLATIONS["table6/dds_model"].model, device="meta").state_dict()
+    for key, parts in steps.items():
+        current = timm.create_model(ABLATIONS[key].model, device="meta").state_dict()
+        added = set(current) - set(previous)
+        assert set(previous) < set(current), key
+        assert added and all(any(part in k for part in parts) for k in added), key
+        assert all(current[k].shape == previous[k].shape for k in previous), key
+        previous = current
 
 
 @pytest.mark.parametrize("key", [
