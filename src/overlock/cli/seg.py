@@ -20,7 +20,7 @@ from overlock.segmentation.config import SEG_PRESETS, SegTrainConfig, seg_preset
 from .args import add_config_options, preset_with_options
 
 _HELP = {
-    "backbone": "OverLoCK variant (timm name) under the UperNet",
+    "backbone": "OverLoCK variant (timm name) under the UperNet, or an ablation row such as table6/dds_model",
     "model_kwargs": "extra backbone arguments as JSON, e.g. '{\"output_stride\": 16}'",
     "pretrained": "backbone checkpoint to start from (ImageNet weights, e.g. overlock_t_in1k_224.pth)",
     "weights": "whole UperNet checkpoint to start from (official ADE20K weights or a run's)",
@@ -50,6 +50,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
     add_config_options(parser, SegTrainConfig, _HELP, _CHOICES)
+    parser.add_argument("--model", dest="backbone", default=argparse.SUPPRESS, help="the same as --backbone")
 
 
 def _add_validate(parser: argparse.ArgumentParser) -> None:
@@ -98,10 +99,16 @@ def percent(value: float) -> str:
 
 def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
     """The preset chosen by the arguments, with every given option applied on top."""
+    from overlock.models import resolve_model_name, row_for_model
+
     given = vars(args)
-    name = args.preset or next((p for p, c in SEG_PRESETS.items() if c.backbone == given.get("backbone")),
-                               "upernet_overlock_t")
-    return preset_with_options(seg_preset(name), given, "backbone")
+    row = row_for_model(given["backbone"]) if given.get("backbone") else None
+    if row is None and given.get("backbone"):
+        resolve_model_name(given["backbone"])  # a table name that is no row: the error now, before any data is read
+    default = "ablation" if row is not None else "upernet_overlock_t"  # an ablation row: the ablation schedule
+    name = args.preset or next((p for p, c in SEG_PRESETS.items() if c.backbone == given.get("backbone")), default)
+    cfg = preset_with_options(seg_preset(name), given, "backbone")
+    return cfg.updated(backbone=row.model) if row is not None else cfg
 
 
 def _train(args: argparse.Namespace) -> int:

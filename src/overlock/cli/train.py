@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from overlock.classification.config import PRESETS, TrainConfig, preset
+from overlock.classification.config import PRESETS, TrainConfig, preset, with_ablation_row
 
 from .args import add_config_options, preset_with_options
 
 _HELP = {
-    "model": "timm model name (any timm model works, for comparisons)",
+    "model": "timm model name (any timm model works, for comparisons) or an ablation row such as table6/dds_model",
     "model_kwargs": "extra model arguments as JSON, e.g. '{\"kernel_sizes\": [5, 5, 5, 5]}'",
     "pretrained": "checkpoint file to start from (official weights or ours); heads reset for a new class count",
     "dataset": "'folder' (DATA_DIR/train/CLASS/*.jpg and DATA_DIR/val/CLASS/*.jpg) or 'fashion_mnist'",
@@ -38,22 +38,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser, TrainConfig, _HELP, _CHOICES, overrides={"grad_checkpointing": dict(type=int, nargs=4)})
     parser.epilog = (
         "Default preset: the --model's own preset when it has one (overlock_xt/t/s/b: the paper's ImageNet "
-        "recipe), 'fashion_mnist' when no --data-dir is given, else overlock_xt."
+        "recipe), an ablation row's own ('ablation': 120 epochs), 'fashion_mnist' when no --data-dir is given, "
+        "else overlock_xt."
     )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset chosen by the arguments, with every given option applied on top."""
+    from overlock.models import resolve_model_name, row_for_model
+
     given = vars(args)
+    row = row_for_model(given["model"]) if given.get("model") else None  # a table name or an ablation timm name
+    if row is None and given.get("model"):
+        resolve_model_name(given["model"])  # a table name that is no row: the error now, before any data is read
     name = args.preset
     if name is None:
-        if given.get("model") in PRESETS:
+        if row is not None:
+            name = row.preset
+        elif given.get("model") in PRESETS:
             name = given["model"]
         elif given.get("data_dir") is None and given.get("dataset") in (None, "fashion_mnist"):
             name = "fashion_mnist"
         else:
             name = "overlock_xt"
-    return preset_with_options(preset(name), given, "model")  # 'none' given on the command line stays None
+    cfg = preset_with_options(preset(name), given, "model")  # 'none' given on the command line stays None
+    return with_ablation_row(cfg, row, given) if row is not None else cfg
 
 
 def run(args: argparse.Namespace) -> int:

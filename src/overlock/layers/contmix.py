@@ -17,6 +17,8 @@ from timm.layers import DropPath, register_notrace_function, register_notrace_mo
 from torch import Tensor, nn
 
 from ..ops import check_backend_name, contmix_apply
+from ..ops.geometry import relative_position_bias
+from ..ops.reference import neighbourhood_weighted_sum
 from .conv import DilatedRepConv, ResDWConv
 from .norm import GRN, LayerNorm2d
 from .scale import LayerScale
@@ -116,21 +118,40 @@ class ContMix(nn.Module):
     (K^2 + k^2, 49) and ``proj_bias`` into the kernels' logits; ``rpb_small`` / ``rpb_large`` are the relative
     position biases. ``backend`` names the kernel application's backend (see ``overlock.ops``). With ``dilation``
     d both kernels take neighbours d apart (NATTEN's dilated neighbourhoods), for a dense backbone's
-    ``output_stride``.
+    ``output_stride``. ``softmax=False`` (an ablation of the paper's Table F) uses the logits plus the position
+    bias as the kernels' weights without normalising them, through the reference op.
     """
 
-    def __init__(self, kernel_size: int, smk_size: int, num_groups: int, backend: str = "auto", dilation: int = 1):
+    def __init__(self, kernel_size: int, smk_size: int, num_groups: int, backend: str = "auto", dilation: int = 1,
+                 softmax: bool = True):
         super().__init__()
         self.kernel_size = kernel_size
         self.smk_size = smk_size
         self.num_groups = num_groups
         self.backend = check_backend_name(backend)
         self.dilation = dilation
+        self.softmax = softmax
 
     def extra_repr(self) -> str:
         dilation = f", dilation={self.dilation}" if self.dilation != 1 else ""
+        softmax = "" if self.softmax else ", softmax=False"
         return (f"kernel_size={self.kernel_size}, smk_size={self.smk_size}, groups={self.num_groups}, "
-                f"backend={self.backend}{dilation}")
+                f"backend={self.backend}{dilation}{softmax}")
+
+    @torch.jit.unused
+    def _apply_unnormalised(self, logits, value, kernel_size, rpb):
+        # type: (Tensor, Tensor, int, Tensor) -> Tensor
+        """``sum_n (logits + bias)[.., n] * value[neighbour n]``: the kernels without their softmax (the reference
+        op, eagerly: a scripted model raises here). Typed by comment, which TorchScript reads for unused methods."""
+        bias = relative_position_bias(rpb, value.shape[2], value.shape[3], kernel_size, self.dilation)
+        return neighbourhood_weighted_sum(logits + bias.unsqueeze(0).to(logits.dtype), value, kernel_size,
+                                          self.dilation)
+
+    def _kernel_sum(self, logits: Tensor, value: Tensor, kernel_size: int, rpb: Tensor) -> Tensor:
+        """The kernels from ``logits`` applied to ``value`` (softmax-normalised unless ``softmax=False``)."""
+        if self.softmax:
+            return contmix_apply(logits, value, kernel_size, rpb, self.backend, self.dilation)
+        return self._apply_unnormalised(logits, value, kernel_size, rpb)
 
     def forward(
         self, value: Tensor, query: Tensor, key: Tensor, proj_weight: Tensor, proj_bias: Optional[Tensor],
@@ -146,16 +167,16 @@ class ContMix(nn.Module):
         logits = logits.reshape(batch, self.num_groups, height, width, -1)
         small, large = logits.split([self.smk_size * self.smk_size, self.kernel_size * self.kernel_size], dim=-1)
         values, out, halves = value_halves(value, self.num_groups)
-        mixed_small = contmix_apply(small, values[0], self.smk_size, rpb_small, self.backend, self.dilation)
-        mixed_large = contmix_apply(large, values[1], self.kernel_size, rpb_large, self.backend, self.dilation)
+        mixed_small = self._kernel_sum(small, values[0], self.smk_size, rpb_small)
+        mixed_large = self._kernel_sum(large, values[1], self.kernel_size, rpb_large)
         halves[:, 0].copy_(mixed_small.permute(0, 1, 4, 2, 3))
         halves[:, 1].copy_(mixed_large.permute(0, 1, 4, 2, 3))
         return out
 
 
-def query_projection(dim: int, **dd: Any) -> nn.Sequential:
-    """1x1 conv + BN from the features to the query (``dim // 2`` channels)."""
-    return nn.Sequential(nn.Conv2d(dim, dim // 2, 1, bias=False, **dd), nn.BatchNorm2d(dim // 2, **dd))
+def query_projection(dim: int, in_dim: Optional[int] = None, **dd: Any) -> nn.Sequential:
+    """1x1 conv + BN from the features (``in_dim`` channels, default ``dim``) to the query (``dim // 2``)."""
+    return nn.Sequential(nn.Conv2d(in_dim or dim, dim // 2, 1, bias=False, **dd), nn.BatchNorm2d(dim // 2, **dd))
 
 
 def key_projection(key_dim: int, dim: int, **dd: Any) -> nn.Sequential:

@@ -1,4 +1,5 @@
 """OverLoCK models, registered in timm's registry on import."""
+from .ablations import ABLATIONS, AblationRow, resolve_model_name, row_for_model
 from .optimize import PASSES, optimize_for_inference
 from .overlock import (
     MODEL_ARGS,
@@ -10,6 +11,10 @@ from .overlock import (
 from .swin_like import TABLE7, SwinLike
 
 __all__ = [
+    "ABLATIONS",
+    "AblationRow",
+    "resolve_model_name",
+    "row_for_model",
     "PASSES",
     "optimize_for_inference",
     "MODEL_ARGS",

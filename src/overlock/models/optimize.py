@@ -105,7 +105,8 @@ def _replacement(
         return InPlaceGRN(module.gamma, module.beta)
     if "inplace_norms" in chosen and isinstance(module, SEModule):
         return InPlaceSE(module.proj[1], module.proj[3])
-    if "fused_contmix" in chosen and cpu_float32 and type(module) is ContMix and module.dilation == 1:  # undilated only
+    if ("fused_contmix" in chosen and cpu_float32 and type(module) is ContMix and module.dilation == 1
+            and module.softmax):  # undilated, normalised kernels only
         return FusedContMix(module.kernel_size, module.smk_size, module.num_groups)
     return None
 

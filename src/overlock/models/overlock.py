@@ -22,7 +22,9 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
-from ..layers import ContextDownsample, DynamicConvBlock, LayerNorm2d, LayerScale, RepConvBlock, conv_bn, stem
+from ..layers import (
+    ContextDownsample, ContMixBlock, DynamicConvBlock, LayerNorm2d, LayerScale, RepConvBlock, conv_bn, stem,
+)
 from ..weights_file import check_checkpoint_file
 
 __all__ = ["OverLoCK", "CheckpointMismatchError", "checkpoint_filter_fn"]
@@ -171,6 +173,15 @@ class OverLoCK(nn.Module):
             layers past it run at stride 1 and the spatial kernels after them, ContMix's dynamic kernels included,
             are dilated instead (see ``stage_geometry``; the parameters are the same, so any checkpoint loads).
         contmix_backend: the ContMix kernel application's backend ('auto', 'reference', 'cpu', 'triton').
+        ctx_reduction: the context channels are ``embed_dims[3] // ctx_reduction`` (the paper's channel reduction
+            factor, 4).
+        overview_net: False builds the plain hierarchical network of the ablations instead of the decomposition:
+            no Overview-Net and no context; stages 3 and 4 run ``depths`` RepConv blocks followed by
+            ``sub_depths`` plug-and-play ContMix blocks (kernels from their own input), and the head takes stage 4.
+        block_kwargs: switches of every ``RepConvBlock`` (the ablations: ``rep_conv``, ``se``, ``res_dwconv``,
+            ``conv_ffn``).
+        focus_block_kwargs: switches of every Focus-Net ``DynamicConvBlock`` (``dynamic``, ``gate``,
+            ``reinject_prior``, ``affinity``, ``rep_conv``, ``small_kernel``, ``softmax``).
         device, dtype: where and in which dtype to create the parameters.
     """
 
@@ -197,6 +208,10 @@ class OverLoCK(nn.Module):
         dense_form: Optional[str] = None,
         output_stride: int = 32,
         contmix_backend: str = "auto",
+        ctx_reduction: int = 4,
+        overview_net: bool = True,
+        block_kwargs: Optional[dict[str, Any]] = None,
+        focus_block_kwargs: Optional[dict[str, Any]] = None,
         device: Any = None,
         dtype: Any = None,
     ):
@@ -204,8 +219,12 @@ class OverLoCK(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if dense_form is not None and dense_form not in DENSE_FORMS:
             raise ValueError(f"dense_form must be None or one of {DENSE_FORMS}, got {dense_form!r}")
+        if not overview_net and output_stride != 32 and any(sub_depths):
+            raise ValueError("the hierarchical network's ContMix blocks run at output_stride 32 only")
         d1, d2, d3, d4 = embed_dims
-        ctx_dim = d4 // 4
+        ctx_dim = d4 // ctx_reduction if overview_net else 0
+        block_kwargs = dict(block_kwargs or {})
+        focus_block_kwargs = dict(focus_block_kwargs or {})
         geometry = stage_geometry(output_stride)
         self.in_chans = in_chans
         self.dense_form = dense_form
@@ -218,7 +237,9 @@ class OverLoCK(nn.Module):
         self.feature_info = [
             dict(num_chs=chs, reduction=g.reduction, module=module)
             for chs, g, module in zip(
-                (d1, d2, d3 + ctx_dim, d4 + ctx_dim), geometry, ("blocks1", "blocks2", "sub_blocks3", "sub_blocks4")
+                (d1, d2, d3 + ctx_dim, d4 + ctx_dim), geometry,
+                ("blocks1", "blocks2", "sub_blocks3", "sub_blocks4") if overview_net else
+                ("blocks1", "blocks2", "blocks3", "blocks4"),
             )
         ]
         self.num_levels = len(self.feature_info)  # an int TorchScript reads in forward_intermediates
@@ -234,22 +255,37 @@ class OverLoCK(nn.Module):
         self.patch_embed2 = entry(d1, d2, geometry[1])
         self.patch_embed3 = entry(d2, d3, geometry[2])
         self.patch_embed4 = entry(d3, d4, geometry[3])
-        self.high_level_proj = nn.Conv2d(d4, ctx_dim, 1, **dd)
-        self.patch_embedx = ContextDownsample(
-            d3, d4, ctx_dim, stride=geometry[3].entry_stride, dilation=geometry[3].entry_dilation, **dd
-        )
+        if overview_net:
+            self.high_level_proj = nn.Conv2d(d4, ctx_dim, 1, **dd)
+            self.patch_embedx = ContextDownsample(
+                d3, d4, ctx_dim, stride=geometry[3].entry_stride, dilation=geometry[3].entry_dilation, **dd
+            )
+        else:
+            self.high_level_proj, self.patch_embedx = None, None
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
-            stage = RepConvStage(*[
+            blocks: List[nn.Module] = [
                 RepConvBlock(
                     dim, kernel_size=kernel_sizes[i], mlp_ratio=mlp_ratios[i], ls_init_value=ls_init_values[i],
-                    res_scale=res_scale, drop_path=next(dpr), deploy=deploy, dilation=geometry[i].dilation, **dd,
+                    res_scale=res_scale, drop_path=next(dpr), deploy=deploy, dilation=geometry[i].dilation,
+                    **block_kwargs, **dd,
                 )
                 for _ in range(depth)
-            ])
-            self.add_module(f"blocks{i + 1}", stage)
+            ]
+            if not overview_net and i >= 2:  # the hierarchical network's ContMix blocks close stages 3 and 4
+                blocks += [
+                    ContMixBlock(
+                        dim, kernel_size=kernel_sizes[i], smk_size=smk_size, num_heads=sub_num_heads[i - 2],
+                        mlp_ratio=sub_mlp_ratios[i - 2], res_scale=res_scale, ls_init_value=ls_init_values[i],
+                        drop_path=next(dpr), deploy=deploy, backend=contmix_backend, **dd,
+                    )
+                    for _ in range(sub_depths[i - 2])
+                ]
+            self.add_module(f"blocks{i + 1}", RepConvStage(*blocks))
 
         # Focus-Net: context-guided ContMix blocks at stride 16 and 32
-        for j, (stage_index, depth) in enumerate(zip((2, 3), sub_depths)):
+        if not overview_net:
+            self.sub_blocks3, self.sub_blocks4 = None, None
+        for j, (stage_index, depth) in enumerate(zip((2, 3) if overview_net else (), sub_depths)):
             dim = embed_dims[stage_index]
             blocks = [
                 DynamicConvBlock(
@@ -257,7 +293,7 @@ class OverLoCK(nn.Module):
                     num_heads=sub_num_heads[j], mlp_ratio=sub_mlp_ratios[j],
                     ls_init_value=ls_init_values[stage_index], res_scale=res_scale, drop_path=next(dpr),
                     is_first=(j == 0 and k == 0), deploy=deploy, contmix_backend=contmix_backend,
-                    dilation=geometry[stage_index].dilation, **dd,
+                    dilation=geometry[stage_index].dilation, **focus_block_kwargs, **dd,
                 )
                 for k in range(depth)
             ]
@@ -270,7 +306,7 @@ class OverLoCK(nn.Module):
             self.h_proj = None
             self.aux_head = (
                 nn.Sequential(nn.BatchNorm2d(d4, **dd), nn.AdaptiveAvgPool2d(1), _classifier(d4, num_classes, **dd))
-                if with_aux_head else None
+                if with_aux_head and overview_net else None
             )
             self.head = nn.Sequential(
                 nn.Conv2d(self.num_features, projection, 1, bias=False, **dd),
@@ -284,7 +320,7 @@ class OverLoCK(nn.Module):
             self.aux_head = None
             self.head = None
             norms = [LayerNorm2d(info["num_chs"], **dd) for info in self.feature_info]
-            if dense_form == "detection":  # the Overview-Net output fused into stage 4
+            if dense_form == "detection" and overview_net:  # the Overview-Net output fused into stage 4
                 self.h_proj = nn.Sequential(nn.Conv2d(d4, d4 + ctx_dim, 1, **dd), LayerScale(d4 + ctx_dim, 1e-5, **dd))
                 norms.append(LayerNorm2d(d4, **dd))
             else:
@@ -327,7 +363,8 @@ class OverLoCK(nn.Module):
         counts = [10**9 if v is True else int(v) for v in values]
         for name, count in zip(("blocks1", "blocks2", "blocks3", "blocks4"), counts):
             getattr(self, name).checkpoint_blocks = count
-        self.sub_blocks3.checkpoint_blocks, self.sub_blocks4.checkpoint_blocks = counts[2], counts[3]
+        if self.sub_blocks3 is not None and self.sub_blocks4 is not None:
+            self.sub_blocks3.checkpoint_blocks, self.sub_blocks4.checkpoint_blocks = counts[2], counts[3]
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -404,7 +441,10 @@ class OverLoCK(nn.Module):
         check_image_batch(x, self.in_chans)
         levels = self.forward_base(x, last)
         overview: Optional[Tensor] = None
-        if last >= 2:
+        if self.sub_blocks3 is None:  # the hierarchical network of the ablations: stage 4 on stage 3
+            if last >= 3:
+                levels.append(self.blocks4(self.patch_embed4(levels[2])))
+        elif last >= 2:
             overview, ctx_prior = self.forward_overview(levels[2])
             levels = levels[:2] + self.forward_focus(levels[2], ctx_prior, last)
         if self.extra_norm is not None:
