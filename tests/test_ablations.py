@@ -19,7 +19,7 @@ from overlock.cli import train as train_cli
 from overlock.cli.args import OneLineParser
 from overlock.layers import DynamicConvBlock, RepConvBlock
 from overlock.layers.contmix import ContMix
-from overlock.models import ABLATIONS, MODEL_ARGS, OverLoCK, resolve_model_name, row_for_model
+from overlock.models import ABLATIONS, MODEL_ARGS, OverLoCK, builds_overlock, resolve_model_name, row_for_model
 from overlock.models.ablations import rows_from_table
 from overlock.ops import contmix_apply
 
@@ -32,7 +32,8 @@ DOCS_TOLERANCE = 0.01  # the figures measured here and written in docs/ablations
 def cost(model_name: str) -> tuple[float, float]:
     """Deploy-form parameters (M, without the auxiliary head) and MACs (G) at 224, as ``overlock info`` counts
     them; built on the meta device (no memory, no initialisation)."""
-    model = timm.create_model(model_name, with_aux_head=False, deploy=True, device="meta")
+    kwargs = dict(with_aux_head=False, deploy=True) if builds_overlock(model_name) else {}
+    model = timm.create_model(model_name, device="meta", **kwargs)
     return count_params(model) / 1e6, count_macs(model, (3, 224, 224)) / 1e9
 
 

@@ -29,7 +29,7 @@ import torch
 import overlock  # noqa: F401  (registers the models)
 
 from .analysis import PAPER_FIGURES, count_macs, count_params
-from .models import optimize_for_inference
+from .models import builds_overlock, optimize_for_inference
 from .official import PREFIX as OFFICIAL_PREFIX
 from .official import load_official_model
 
@@ -95,7 +95,7 @@ def _build(name: str, cfg: BenchConfig) -> torch.nn.Module:
                 model.reparam()  # the official deploy conversion
         return model
     timm_name = name.removeprefix(PLAIN_PREFIX)
-    ours = timm_name in timm.list_models("*overlock*")
+    ours = builds_overlock(timm_name)
     model = timm.create_model(timm_name, **({"with_aux_head": False} if ours and infer else {}))
     if infer:
         timm.utils.reparameterize_model(model.eval(), inplace=True)
@@ -104,7 +104,7 @@ def _build(name: str, cfg: BenchConfig) -> torch.nn.Module:
 
 def _converted(name: str, model: torch.nn.Module, cfg: BenchConfig) -> torch.nn.Module:
     """``model`` as it runs inference at its best: our models converted by ``optimize_for_inference``."""
-    ours = not name.startswith((OFFICIAL_PREFIX, PLAIN_PREFIX)) and name in timm.list_models("*overlock*")
+    ours = not name.startswith((OFFICIAL_PREFIX, PLAIN_PREFIX)) and builds_overlock(name)
     if cfg.mode == "infer" and ours:
         return optimize_for_inference(model, inplace=True)
     return model

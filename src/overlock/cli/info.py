@@ -8,7 +8,7 @@ import timm
 
 import overlock  # noqa: F401  (registers the models)
 from overlock.analysis import PAPER_FIGURES, count_macs, count_params
-from overlock.models import resolve_model_name, row_for_model
+from overlock.models import builds_overlock, resolve_model_name, row_for_model
 
 from .args import positive_int
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def describe(name: str, img_size: int) -> dict:
     """Deploy-form parameters (without the auxiliary head) and MACs of ``name`` and its paper figures."""
     base = name.removesuffix("_reparam")
-    kwargs = {"with_aux_head": False} if base in timm.list_models("*overlock*") else {}
+    kwargs = {"with_aux_head": False} if builds_overlock(base) else {}
     model = timm.create_model(name, **kwargs)
     if hasattr(model, "reparameterize"):
         model.reparameterize()

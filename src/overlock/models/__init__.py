@@ -1,5 +1,5 @@
 """OverLoCK models, registered in timm's registry on import."""
-from .ablations import ABLATIONS, AblationRow, resolve_model_name, row_for_model
+from .ablations import ABLATIONS, AblationRow, builds_overlock, resolve_model_name, row_for_model
 from .optimize import PASSES, optimize_for_inference
 from .overlock import (
     MODEL_ARGS,
@@ -13,6 +13,7 @@ from .swin_like import TABLE7, SwinLike
 __all__ = [
     "ABLATIONS",
     "AblationRow",
+    "builds_overlock",
     "resolve_model_name",
     "row_for_model",
     "PASSES",

@@ -17,11 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+import timm
 from timm.models import generate_default_cfgs, register_model
 
 from .overlock import MODEL_ARGS, OverLoCK, _cfg, _create_overlock
+from .swin_like import TABLE7
 
-__all__ = ["AblationRow", "ABLATIONS", "resolve_model_name", "row_for_model", "ablation_rows", "rows_from_table"]
+__all__ = [
+    "AblationRow", "ABLATIONS", "builds_overlock", "resolve_model_name", "row_for_model", "ablation_rows",
+    "rows_from_table",
+]
 
 PREFIX = "overlock_abl_"
 
@@ -187,13 +192,16 @@ ABLATIONS: dict[str, AblationRow] = {
 def rows_from_table(table: str, entries: Mapping[str, Mapping[str, Any]]) -> dict[str, AblationRow]:
     """Rows of another module's table, given as ``{row name: {"model": timm name, "params_m": ..., "gflops": ...,
     "top1": ...}}`` (the form of Table 7's ``TABLE7``), keyed by their table names: ``ABLATIONS.update(...)`` adds
-    them to the registry."""
+    them to the registry. Row keys are the names in lower case; the names stay as the rows' labels."""
     rows = [
-        AblationRow(table, name, entry.get("label", name), entry["model"], paper_params_m=entry.get("params_m"),
+        AblationRow(table, name.lower(), entry.get("label", name), entry["model"], paper_params_m=entry.get("params_m"),
                     paper_gflops=entry.get("gflops"), paper_top1=entry.get("top1"), note=entry.get("note", ""))
         for name, entry in entries.items()
     ]
     return {row.key: row for row in rows}
+
+
+ABLATIONS.update(rows_from_table("table7", TABLE7))  # the token-mixer comparison (models/swin_like.py)
 
 
 def ablation_rows(table: Optional[str] = None) -> list[AblationRow]:
@@ -211,6 +219,12 @@ def resolve_model_name(name: str) -> str:
         raise ValueError(f"unknown ablation row {name!r}; tables: {', '.join(tables)} "
                          f"(rows: see overlock.models.ablations.ABLATIONS or docs/ablations.md)")
     return name
+
+
+def builds_overlock(name: str) -> bool:
+    """Whether timm's model ``name`` is built by the ``OverLoCK`` class (a published variant or an ablation row) and
+    so takes its arguments (``with_aux_head``, ``deploy``); Table 7's token-mixer networks are not."""
+    return name in timm.list_models(module=["overlock", "ablations"])
 
 
 def row_for_model(name: str) -> Optional[AblationRow]:
