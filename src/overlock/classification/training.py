@@ -28,7 +28,8 @@ from ..data import FashionMNIST, FashionMNISTTransform, ImageFolderDataset, coll
 from ..data.augment import keep_zero_bit_posterize
 from ..data.seeded import SeededDataset
 from ..engine.checkpoint import (
-    CheckpointError, check_same_classes, load_training_checkpoint, save_atomic, save_run_weights,
+    RESUME_OVERRIDABLE, CheckpointError, check_same_classes, load_run_state, load_training_checkpoint, save_atomic,
+    save_run_weights,
 )
 from ..engine.distributed import init_distributed, sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
@@ -128,7 +129,6 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
 
 
 # options that may change when a run is resumed; every other one comes from the checkpoint
-RESUME_OVERRIDABLE = ("output", "workers", "save_every", "max_steps")
 METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_top1",
                  "skipped_images", "seconds"]
 
@@ -198,15 +198,8 @@ def train(
     loop_state, best_top1 = LoopState(), -1.0
     last_eval: dict[str, float] = {}
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.module.load_state_dict(state["ema"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"{out / 'last.pth'} does not match this run's model or optimizer: {exc}") from exc
+        load_run_state(state, out / "last.pth", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                       ema=ema.module if ema is not None else None)
         loop_state = LoopState.resumed(state["step"], state["epoch"], state["micro_in_epoch"],
                                        state.get("epoch_sums", [0.0] * 3), info)
         best_top1, last_eval = state["best_top1"], state.get("last_eval", {})

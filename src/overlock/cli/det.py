@@ -93,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> DetTrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from overlock.detection.train import RESUME_OVERRIDABLE, train_detection
+    from overlock.detection.train import train_detection
+    from overlock.engine.checkpoint import RESUME_OVERRIDABLE
 
     cfg = config_from_args(args)
     overrides = None

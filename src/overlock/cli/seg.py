@@ -112,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from overlock.segmentation.training import RESUME_OVERRIDABLE, train_segmentation
+    from overlock.engine.checkpoint import RESUME_OVERRIDABLE
+    from overlock.segmentation.training import train_segmentation
 
     cfg = config_from_args(args)
     overrides = None

@@ -66,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overlock.classification.training import RESUME_OVERRIDABLE, train
+    from overlock.classification.training import train
+    from overlock.engine.checkpoint import RESUME_OVERRIDABLE
 
     cfg = config_from_args(args)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
-from ..data.seeded import SeededDataset
-from ..engine.checkpoint import CheckpointError, check_same_classes, load_training_checkpoint, save_atomic
+from ..engine.checkpoint import (
+    check_same_classes, load_run_state, load_training_checkpoint, resumed_config, save_atomic,
+)
 from ..engine.distributed import init_distributed, sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES, substring_decay_groups
@@ -35,7 +36,7 @@ from ..engine.run_logs import (
     read_run_log,
     save_two_panel_curves,
 )
-from ..engine.sampler import EpochSampler
+from ..engine.sampler import training_loader
 from ..engine.seeding import restore_rng, rng_state
 from .data import CocoInstances, DetectionSample, EvalPipeline, TrainPipeline1x, TrainPipeline3x, collate_detection
 from .evaluate import detect_to_coco, evaluate_coco_results
@@ -45,7 +46,6 @@ from .presets import DetTrainConfig, build_detector, coco_paths, step_lr
 _logger = logging.getLogger(__name__)
 
 # options that may change when a run is resumed; every other one comes from the checkpoint
-RESUME_OVERRIDABLE = ("output", "workers", "save_every", "max_steps")
 METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "skipped_train", "bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP",
                  "segm_mAP_50", "segm_mAP_75", "seconds"]
 STEP_FIELDS = ["step", "lr", "loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"]
@@ -90,22 +90,15 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
     """Run (or resume) the detection training described by ``cfg``; returns the summary written to summary.json.
 
     When resuming, the run in ``cfg.output`` continues with its own configuration (from its last.pth), changed only
-    by ``overrides``: any of ``RESUME_OVERRIDABLE`` (``max_steps=0`` lets a run stopped by ``max_steps`` finish).
+    by ``overrides``: any of ``engine.checkpoint.RESUME_OVERRIDABLE`` (``max_steps=0`` lets a run stopped by
+    ``max_steps`` finish).
     """
     info = init_distributed()
     out = Path(cfg.output)
     state = None
     if resume:
-        unknown = set(overrides or {}) - set(RESUME_OVERRIDABLE)
-        if unknown:
-            raise ValueError(f"a resumed run keeps its settings; only {', '.join(RESUME_OVERRIDABLE)} may change, "
-                             f"not {', '.join(sorted(unknown))}")
         state = load_training_checkpoint(out / "last.pth")
-        try:
-            saved = DetTrainConfig(**state["config"])
-        except TypeError as exc:
-            raise CheckpointError(f"{out / 'last.pth'} is not a detection run's checkpoint: {exc}") from exc
-        cfg = saved.updated(output=cfg.output, **(overrides or {}))
+        cfg = resumed_config(state, out / "last.pth", DetTrainConfig, overrides, cfg.output)
     train_set, val_set = build_det_datasets(cfg)  # bad data stops the run before its folder is touched
     if not resume and info.is_main:
         prepare_output(out, resume, overwrite)
@@ -120,14 +113,8 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
     model.to(info.device)
     accum = cfg.accum_steps(info.world_size)
 
-    seeded = SeededDataset(train_set, cfg.seed)
-    sampler = EpochSampler(len(seeded), shuffle=True, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
-    loader = DataLoader(seeded, cfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.workers,
-                        collate_fn=collate_detection)
-    micro_per_pass = len(loader) // accum * accum
-    if micro_per_pass == 0:
-        raise ValueError(f"{len(train_set)} training images give no full step of {cfg.global_batch} images "
-                         f"({cfg.batch_size} x {accum} x {info.world_size} processes): lower --global-batch")
+    loader, micro_per_pass = training_loader(train_set, cfg.seed, cfg.batch_size, accum, cfg.workers, info,
+                                             collate_detection)
 
     optimizer = torch.optim.AdamW(substring_decay_groups(model, cfg.weight_decay, cfg.no_decay_keys), lr=cfg.lr, betas=(0.9, 0.999))
     amp_dtype = AMP_DTYPES[cfg.amp]
@@ -138,12 +125,7 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
     loop_state, best_ap = LoopState(), -1.0
     last_eval: dict[str, Any] = {}
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"{out / 'last.pth'} does not match this run's model or optimizer: {exc}") from exc
+        load_run_state(state, out / "last.pth", model=model, optimizer=optimizer, scaler=scaler)
         loop_state = LoopState.resumed(state["step"], state["epoch"], state["micro_in_epoch"], state["sums"], info)
         best_ap, last_eval = state["best_ap"], state.get("last_eval", {})
         restore_rng(state["rng"])

@@ -79,3 +79,32 @@ def check_same_classes(saved: list[str] | None, found: list[str], data_dir: str 
     what = "; ".join(changes) or "another order"
     raise CheckpointError(f"the classes of {data_dir} changed since the run started ({what}): restore the class "
                           f"folders to resume, or start a new run")
+
+
+RESUME_OVERRIDABLE = ("output", "workers", "save_every", "max_steps")  # what a resumed run may change
+
+
+def resumed_config(state: dict[str, Any], path: Path, config_cls: type, overrides: dict[str, Any] | None,
+                   output: str) -> Any:
+    """The configuration a run's checkpoint ``state`` (read from ``path``) was made with, in ``output`` and changed
+    only by ``overrides`` (fields of ``RESUME_OVERRIDABLE``; any other is a one-line error)."""
+    unknown = set(overrides or {}) - set(RESUME_OVERRIDABLE)
+    if unknown:
+        raise ValueError(f"a resumed run keeps its settings; only {', '.join(RESUME_OVERRIDABLE)} may change, "
+                         f"not {', '.join(sorted(unknown))}")
+    try:
+        saved = config_cls(**state["config"])
+    except (TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path} is not the checkpoint of a {config_cls.__name__} run: {exc}") from exc
+    return saved.updated(output=output, **(overrides or {}))
+
+
+def load_run_state(state: dict[str, Any], path: Path, **objects: Any) -> None:
+    """Load ``state[name]`` into each of ``objects`` (model, optimizer, scheduler, scaler...; None is skipped), with a
+    one-line error when the checkpoint does not fit them."""
+    try:
+        for name, target in objects.items():
+            if target is not None:
+                target.load_state_dict(state[name])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} does not match this run's model or optimizer: {exc}") from exc

@@ -1,10 +1,13 @@
 """A sampler whose order is a pure function of (seed, epoch): resumable mid-epoch and shardable."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data.seeded import SeededDataset
+from .distributed import DistInfo
 
 
 class EpochSampler(Sampler[int]):
@@ -42,3 +45,19 @@ class EpochSampler(Sampler[int]):
         if self.even:
             return self.size // self.world_size
         return len(range(self.rank, self.size, self.world_size))
+
+
+
+def training_loader(dataset: Dataset, seed: int, batch_size: int, accum: int, workers: int, info: DistInfo,
+                    collate_fn: Callable[[list], Any]) -> tuple[DataLoader, int]:
+    """The seeded, resumable training loader of ``dataset`` for this process, and the micro-batches of one pass
+    that make whole optimizer steps of ``accum`` micro-batches (a one-line error when there are none)."""
+    seeded = SeededDataset(dataset, seed)
+    sampler = EpochSampler(len(seeded), shuffle=True, seed=seed, rank=info.rank, world_size=info.world_size)
+    loader = DataLoader(seeded, batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+                        collate_fn=collate_fn)
+    micro_per_pass = len(loader) // accum * accum
+    if micro_per_pass == 0:
+        raise ValueError(f"{len(dataset)} training images give no full step of {batch_size * accum * info.world_size} "
+                         f"images ({batch_size} x {accum} x {info.world_size} processes): lower --global-batch")
+    return loader, micro_per_pass
