@@ -6,9 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ..engine.config import RunConfig
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Every knob of a run; presets fill in recipes, the command line overrides any field."""
 
     model: str = "overlock_xt"
@@ -64,12 +66,6 @@ class TrainConfig:
     def in_chans(self) -> int:
         """Input channels of the run's model: 1 for Fashion-MNIST's greyscale images, else 3."""
         return 1 if self.dataset == "fashion_mnist" else 3
-
-    def updated(self, **changes: Any) -> "TrainConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
 
 
 AMP_CHOICES = ("none", "bf16", "fp16")

@@ -68,6 +68,18 @@ def preset_with_options(base: Any, given: dict[str, Any], model_field: str) -> A
     return base.updated(**changes)
 
 
+def resume_overrides(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    """The options a resumed dense run takes from the command line (``RESUME_OVERRIDABLE`` but ``output``); the
+    other configuration options given are named as ignored."""
+    from overlock.engine.checkpoint import RESUME_OVERRIDABLE
+
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    ignored = sorted(k for k in vars(args) if k in fields and k not in RESUME_OVERRIDABLE)
+    if ignored:
+        print(f"--resume continues the run with its own settings; ignoring: {', '.join(ignored)}")
+    return {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDABLE and k != "output"}
+
+
 def none_or(kind: type) -> Callable[[str], Any]:
     """An argparse type: 'none' (any case) for None, else the value parsed by ``kind``."""
     def parse(text: str) -> Any:

@@ -14,13 +14,12 @@ all images as COCO-format JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from overlock.detection.presets import DET_PRESETS, DetTrainConfig, det_preset
 
-from .args import add_config_options, preset_with_options
+from .args import add_config_options, preset_with_options, resume_overrides
 
 _HELP = {
     "backbone": "OverLoCK variant (timm name) of the detector",
@@ -94,16 +93,9 @@ def config_from_args(args: argparse.Namespace) -> DetTrainConfig:
 
 def _train(args: argparse.Namespace) -> int:
     from overlock.detection.train import train_detection
-    from overlock.engine.checkpoint import RESUME_OVERRIDABLE
 
     cfg = config_from_args(args)
-    overrides = None
-    if args.resume:
-        fields = {f.name for f in dataclasses.fields(DetTrainConfig)}
-        ignored = sorted(k for k in vars(args) if k in fields and k not in RESUME_OVERRIDABLE)
-        if ignored:
-            print(f"--resume continues the run with its own settings; ignoring: {', '.join(ignored)}")
-        overrides = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDABLE and k != "output"}
+    overrides = resume_overrides(args, DetTrainConfig) if args.resume else None
     summary = train_detection(cfg, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     final = summary["final"]
     if final:

@@ -11,13 +11,12 @@ optionally with flip and multi-scale testing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 
 from overlock.segmentation.config import SEG_PRESETS, SegTrainConfig, seg_preset
 
-from .args import add_config_options, preset_with_options
+from .args import add_config_options, preset_with_options, resume_overrides
 
 _HELP = {
     "backbone": "OverLoCK variant (timm name) under the UperNet, or an ablation row such as table6/dds_model",
@@ -112,17 +111,10 @@ def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from overlock.engine.checkpoint import RESUME_OVERRIDABLE
     from overlock.segmentation.training import train_segmentation
 
     cfg = config_from_args(args)
-    overrides = None
-    if args.resume:
-        fields = {f.name for f in dataclasses.fields(SegTrainConfig)}
-        ignored = sorted(k for k in vars(args) if k in fields and k not in RESUME_OVERRIDABLE)
-        if ignored:
-            print(f"--resume continues the run with its own settings; ignoring: {', '.join(ignored)}")
-        overrides = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDABLE and k != "output"}
+    overrides = resume_overrides(args, SegTrainConfig) if args.resume else None
     summary = train_segmentation(cfg, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     final = summary["final"]
     if final:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.config import GlobalBatchConfig
 from ..engine.optimizer import linear_warmup
 from .data import DetectionDataError
 from .detectors import DETECTOR_VARIANTS, DetectorConfig, MaskRCNN, TestConfig, create_detector
@@ -21,7 +22,7 @@ from .losses import CASCADE_TRAIN, MASK_RCNN_TRAIN, DetectorTrainCfg
 
 
 @dataclass
-class DetTrainConfig:
+class DetTrainConfig(GlobalBatchConfig):
     """Every knob of a detection run; presets fill in recipes, the command line overrides any field."""
 
     backbone: str = "overlock_t"
@@ -58,20 +59,6 @@ class DetTrainConfig:
     seed: int = 0
     output: str = "runs/det"
     max_steps: int = 0  # stop after N steps in all, to resume later (0: no limit)
-
-    def updated(self, **changes: Any) -> DetTrainConfig:
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown detection training options: {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
-
-    def accum_steps(self, world_size: int) -> int:
-        """Micro-batches per optimizer step so that each step sees ``global_batch`` images."""
-        per_step = self.batch_size * world_size
-        if self.global_batch % per_step:
-            raise ValueError(f"--global-batch {self.global_batch} is not a multiple of --batch-size {self.batch_size}"
-                             f" x {world_size} processes")
-        return self.global_batch // per_step
 
     @property
     def train_cfg(self) -> DetectorTrainCfg:

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.config import GlobalBatchConfig
 from ..engine.optimizer import linear_warmup, substring_decay_groups
 from ..models import resolve_model_name
 from .upernet import UperNet, create_upernet
 
 
 @dataclass
-class SegTrainConfig:
+class SegTrainConfig(GlobalBatchConfig):
     """Every knob of a segmentation run; presets fill in recipes, the command line overrides any field."""
 
     backbone: str = "overlock_t"
@@ -57,19 +58,6 @@ class SegTrainConfig:
     output: str = "runs/seg"
     max_steps: int = 0  # stop after N iterations in all, to resume later (0: no limit)
 
-    def updated(self, **changes: Any) -> "SegTrainConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown segmentation training options: {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
-
-    def accum_steps(self, world_size: int) -> int:
-        """Micro-batches per optimizer step so that each step sees ``global_batch`` images."""
-        per_step = self.batch_size * world_size
-        if self.global_batch % per_step:
-            raise ValueError(f"--global-batch {self.global_batch} is not a multiple of --batch-size {self.batch_size}"
-                             f" x {world_size} processes")
-        return self.global_batch // per_step
 
 
 _ADE20K = dict(dataset="ade20k", output="runs/ade20k")
