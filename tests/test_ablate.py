@@ -10,18 +10,23 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_cli_errors import fails
+from test_train_runs import make_folder, tiny_config
 
-import overlock.ablate as ablate
-import overlock.classification.training as training
+from overlock import ablate
 from overlock.ablate import (
-    final_evaluation, measure_models, row_config, row_folder, select_rows, train_row, write_table,
+    final_evaluation,
+    measure_models,
+    row_config,
+    row_folder,
+    select_rows,
+    train_row,
+    write_table,
 )
-from overlock.classification import TrainConfig, train
+from overlock.classification import TrainConfig, train, training
 from overlock.cli.info import describe
 from overlock.cli.main import main
 from overlock.models import ABLATIONS
-from test_cli_errors import fails
-from test_train_runs import make_folder, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ import csv
 import json
 import logging
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import timm
 import torch

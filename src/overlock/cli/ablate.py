@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retrain rows whose folders hold runs, instead of reading or resuming them")
     parser.add_argument("--speed-batch", type=positive_int, default=16, help="batch of the speed measurement")
     parser.add_argument("--speed-iters", type=positive_int, default=5, help="timed batches (the median counts)")
-    add_config_options(parser, TrainConfig, dict(_HELP, **_OWN), _CHOICES,
-                       overrides={"grad_checkpointing": dict(type=int, nargs=4)})
+    add_config_options(parser, TrainConfig, {**_HELP, **_OWN}, _CHOICES,
+                       overrides={"grad_checkpointing": {"type": int, "nargs": 4}})
     parser.add_argument("--out", dest="output", default=argparse.SUPPRESS, help="the same as --output")
 
 
