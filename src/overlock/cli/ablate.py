@@ -24,7 +24,7 @@ _OWN = {
     "max_steps": "stop every row after N optimizer steps (0: no limit)",
     "seed": "seed of every row",
 }
-_NOT_HERE = ("model", "model_kwargs")  # each row trains its own model
+_NOT_HERE = ("model", "model_kwargs")  # each row trains its own model: refused with a clear error, not in the help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retrain rows whose folders hold runs, instead of reading or resuming them")
     parser.add_argument("--speed-batch", type=positive_int, default=16, help="batch of the speed measurement")
     parser.add_argument("--speed-iters", type=positive_int, default=5, help="timed batches (the median counts)")
-    add_config_options(parser, TrainConfig, {**_HELP, **_OWN}, _CHOICES,
+    add_config_options(parser, TrainConfig, {**_HELP, **_OWN, **dict.fromkeys(_NOT_HERE, argparse.SUPPRESS)}, _CHOICES,
                        overrides={"grad_checkpointing": {"type": int, "nargs": 4}})
     parser.add_argument("--out", dest="output", default=argparse.SUPPRESS, help="the same as --output")
 
