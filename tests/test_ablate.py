@@ -9,7 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+from probes import start_and_kill_at_step
 from test_cli_errors import fails
 from test_train_runs import make_folder, tiny_config
 
@@ -182,3 +184,31 @@ def test_two_row_table_end_to_end(data, tmp_path, capsys, monkeypatch):
     assert main(argv) == 0  # a second call reads the finished rows back
     with (out / "table.csv").open() as f:
         assert [line["top1"] for line in csv.DictReader(f)] == [line["top1"] for line in table]
+
+
+@pytest.mark.slow
+def test_killed_table_resumes_its_unfinished_row(data, tmp_path, monkeypatch):
+    out = tmp_path / "table"
+    rows = [ABLATIONS["tableD/aux_0_0"], ABLATIONS["table6/dds_model"]]
+    argv = ["ablate", "--rows", *[row.key for row in rows], "--data-dir", str(data), "--img-size", "32",
+            "--epochs", "1", "--batch-size", "4", "--speed-batch", "2", "--speed-iters", "1", "--out", str(out)]
+    second = row_folder(out, rows[1]) / "last.pth"
+    start_and_kill_at_step([*argv, "--save-every", "1"], second, 1, timeout=300)
+    finished = row_folder(out, rows[0]) / "summary.json"
+    assert finished.is_file() and torch.load(second, weights_only=True)["step"] < 3
+    written = finished.stat().st_mtime_ns
+    calls = []
+
+    def recording_train(cfg, **kwargs):
+        calls.append((cfg.output, kwargs.get("resume", False)))
+        return train(cfg, **kwargs)
+
+    monkeypatch.setattr(training, "train", recording_train)
+    assert main(argv) == 0
+    assert calls == [(str(row_folder(out, rows[1])), True)]  # the finished row is read back, not trained
+    assert finished.stat().st_mtime_ns == written
+    with (out / "table.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [int(line["steps"]) for line in table] == [3, 3]
+    summary = json.loads((row_folder(out, rows[1]) / "summary.json").read_text())
+    assert float(table[1]["top1"]) == pytest.approx(summary["final"]["top1"])
