@@ -91,9 +91,11 @@ def test_unfinished_row_resumes_and_an_empty_start_restarts(tmp_path, monkeypatc
     assert calls[-1] == {"overwrite": True}
     Path(cfg.output).mkdir()
     (Path(cfg.output) / "last.pth").write_bytes(b"")
+    stale = Path(cfg.output) / "final_eval.json"  # left by an earlier run of this folder
+    stale.write_text(json.dumps({"step": 3, "eval": {"top1": 99.0}}))
     monkeypatch.setattr(ablate, "load_training_checkpoint", lambda path: {"config": asdict(cfg)})
     train_row(cfg)
-    assert calls[-1]["resume"] is True
+    assert calls[-1]["resume"] is True and not stale.exists()
     with pytest.raises(ValueError, match="other settings"):
         train_row(cfg.updated(seed=1))
 

@@ -33,14 +33,15 @@ from .engine.checkpoint import load_training_checkpoint
 from .models import ABLATIONS, AblationRow, builds_overlock, optimize_for_inference
 
 __all__ = [
-    "COLUMNS", "ModelCost", "deploy_model", "final_evaluation", "measure_models", "row_config", "row_folder", "run_ablation",
-    "select_rows", "table_row", "train_row", "write_table",
+    "COLUMNS", "ModelCost", "deploy_model", "final_evaluation", "measure_models", "row_config", "row_folder",
+    "run_ablation", "select_rows", "table_row", "train_row", "write_table",
 ]
 
 _logger = logging.getLogger(__name__)
 
 # plan fields that may differ between a finished or checkpointed row and this call: where it runs and how it loads
 _NOT_PLAN = ("output", "workers", "save_every")
+FINAL_EVAL = "final_eval.json"  # a row's evaluation at its last step, where its run stopped inside an epoch
 COLUMNS = [
     "row", "label", "model", "params_m", "gmacs", "gmacs_224", "images_per_s", "top1", "best_top1", "steps",
     "train_seconds", "paper_params_m", "paper_gflops", "paper_top1",
@@ -103,6 +104,7 @@ def train_row(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
         _check_same_plan(summary.get("config", {}), cfg, out)
         _logger.info("%s: finished, read from %s", cfg.model, summary_file)
         return summary
+    (out / FINAL_EVAL).unlink(missing_ok=True)  # the evaluation of an earlier run in this folder
     if not overwrite and checkpoint.is_file():
         _check_same_plan(load_training_checkpoint(checkpoint)["config"], cfg, out)
         _logger.info("%s: resuming from %s", cfg.model, checkpoint)
@@ -118,7 +120,7 @@ def final_evaluation(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, flo
     if summary.get("final"):
         return summary["final"]
     out = Path(cfg.output)
-    cached = out / "final_eval.json"
+    cached = out / FINAL_EVAL
     if cached.is_file():
         saved = json.loads(cached.read_text())
         if saved.get("step") == summary.get("steps"):
