@@ -15,6 +15,7 @@ from .args import OneLineParser
 COMMANDS: dict[str, str] = {
     "info": "parameters, FLOPs and configuration of a model",
     "train": "train or fine-tune a model (torchrun for several processes)",
+    "ablate": "train the rows of an ablation table alike and write one comparison table (Markdown, CSV, plot)",
     "validate": "top-1/top-5 and loss on an image folder or robustness set",
     "seg": "semantic segmentation (UperNet): seg train, seg validate",
     "det": "object detection and instance masks ((Cascade) Mask R-CNN): det train, det validate, det predict",
