@@ -14,7 +14,7 @@ from pathlib import Path
 from overlock.classification.config import PRESETS, TrainConfig, preset
 
 from .args import add_config_options, positive_int, preset_with_options
-from .train import _CHOICES, _HELP
+from .train import TRAIN_CHOICES, TRAIN_HELP
 
 _OWN = {
     "output": "folder of the table; each row runs in OUTPUT/<table>_<row> (default: runs/ablate/TABLE)",
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retrain rows whose folders hold runs, instead of reading or resuming them")
     parser.add_argument("--speed-batch", type=positive_int, default=16, help="batch of the speed measurement")
     parser.add_argument("--speed-iters", type=positive_int, default=5, help="timed batches (the median counts)")
-    add_config_options(parser, TrainConfig, {**_HELP, **_OWN, **dict.fromkeys(_NOT_HERE, argparse.SUPPRESS)}, _CHOICES,
+    add_config_options(parser, TrainConfig, {**TRAIN_HELP, **_OWN, **dict.fromkeys(_NOT_HERE, argparse.SUPPRESS)}, TRAIN_CHOICES,
                        overrides={"grad_checkpointing": {"type": int, "nargs": 4}})
     parser.add_argument("--out", dest="output", default=argparse.SUPPRESS, help="the same as --output")
 

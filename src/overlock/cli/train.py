@@ -13,7 +13,7 @@ from overlock.classification.config import PRESETS, TrainConfig, preset, with_ab
 
 from .args import add_config_options, preset_with_options
 
-_HELP = {
+TRAIN_HELP = {
     "model": "timm model name (any timm model works, for comparisons) or an ablation row such as table6/dds_model",
     "model_kwargs": "extra model arguments as JSON, e.g. '{\"kernel_sizes\": [5, 5, 5, 5]}'",
     "pretrained": "checkpoint file to start from (official weights or ours); heads reset for a new class count",
@@ -28,14 +28,15 @@ _HELP = {
     "skip_unknown_classes": "leave out (with a warning) val/ class folders that match no train/ class, "
                             "instead of stopping",
 }
-_CHOICES = {"amp": ("none", "bf16", "fp16"), "dataset": ("folder", "fashion_mnist")}
+TRAIN_CHOICES = {"amp": ("none", "bf16", "fp16"), "dataset": ("folder", "fashion_mnist")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), help="recipe to start from (default: see below)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
-    add_config_options(parser, TrainConfig, _HELP, _CHOICES, overrides={"grad_checkpointing": dict(type=int, nargs=4)})
+    add_config_options(parser, TrainConfig, TRAIN_HELP, TRAIN_CHOICES,
+                       overrides={"grad_checkpointing": dict(type=int, nargs=4)})
     parser.epilog = (
         "Default preset: the --model's own preset when it has one (overlock_xt/t/s/b: the paper's ImageNet "
         "recipe), an ablation row's own ('ablation': 120 epochs), 'fashion_mnist' when no --data-dir is given, "
