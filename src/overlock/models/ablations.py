@@ -235,8 +235,16 @@ def row_for_model(name: str) -> Optional[AblationRow]:
 
 
 # ---------------------------------------------------------------------- timm registration
+def _classifiers(row: AblationRow) -> tuple[str, ...]:
+    """The classifier modules of a row's model: the auxiliary one only where the row keeps the Overview-Net and
+    its head."""
+    with_aux = row.model_kwargs.get("with_aux_head", True) and row.model_kwargs.get("overview_net", True)
+    return ("head.4", "aux_head.2") if with_aux else ("head.4",)
+
+
 default_cfgs = generate_default_cfgs({
-    f"{row.model}.untrained": _cfg(crop_pct=0.925 if row.base == "overlock_xt" else 0.975)
+    f"{row.model}.untrained": _cfg(crop_pct=0.925 if row.base == "overlock_xt" else 0.975,
+                                   classifier=_classifiers(row))
     for row in ABLATIONS.values() if row.registered_here
 })
 
