@@ -30,14 +30,16 @@ _NOT_HERE = ("model", "model_kwargs")  # each row trains its own model: refused 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("table", nargs="?", help="an ablation table: table6, tableA ... tableG, table7")
     parser.add_argument("--rows", nargs="+", default=[], metavar="KEY",
-                        help="rows by key (e.g. table6/dds_model tableD/aux_0_4), after the TABLE's rows if one is given")
+                        help="rows by key (e.g. table6/dds_model tableD/aux_0_4), after the TABLE's rows if one is "
+                             "given")
     parser.add_argument("--preset", choices=list(PRESETS), default="fashion_mnist",
                         help="the recipe every row trains with (default: fashion_mnist)")
     parser.add_argument("--overwrite", action="store_true",
                         help="retrain rows whose folders hold runs, instead of reading or resuming them")
     parser.add_argument("--speed-batch", type=positive_int, default=16, help="batch of the speed measurement")
     parser.add_argument("--speed-iters", type=positive_int, default=5, help="timed batches (the median counts)")
-    add_config_options(parser, TrainConfig, {**TRAIN_HELP, **_OWN, **dict.fromkeys(_NOT_HERE, argparse.SUPPRESS)}, TRAIN_CHOICES,
+    helps = {**TRAIN_HELP, **_OWN, **dict.fromkeys(_NOT_HERE, argparse.SUPPRESS)}
+    add_config_options(parser, TrainConfig, helps, TRAIN_CHOICES,
                        overrides={"grad_checkpointing": {"type": int, "nargs": 4}})
     parser.add_argument("--out", dest="output", default=argparse.SUPPRESS, help="the same as --output")
 

@@ -118,7 +118,8 @@ def replknet_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...
     return transforms.Compose(steps)
 
 
-def measure(name: str | None, weights: str | None, args: argparse.Namespace, paths: list[Path]) -> tuple[Tensor, ErfRow]:
+def measure(name: str | None, weights: str | None, args: argparse.Namespace,
+            paths: list[Path]) -> tuple[Tensor, ErfRow]:
     """One model's mean contribution map at ``args.stage`` and its table row."""
     import torch
 

@@ -10,8 +10,8 @@ Training (``filter_empty=True``) leaves out images without annotations of a know
 a side under 32 pixels, as mmdet's ``filter_empty_gt`` does.
 
 Images are decoded and resized by ``overlock.data.image_io``, with OpenCV as mmcv 1.x does (``cv2.imdecode``,
-``cv2.resize`` with ``INTER_LINEAR``, masks ``INTER_NEAREST``), so the network sees the official pixels. Pipelines (seeded per
-sample by ``SeededDataset``): ``TrainPipeline1x`` (resize into (1333, 800), flip 0.5), ``TrainPipeline3x``
+``cv2.resize`` with ``INTER_LINEAR``, masks ``INTER_NEAREST``), so the network sees the official pixels. Pipelines
+(seeded per sample by ``SeededDataset``): ``TrainPipeline1x`` (resize into (1333, 800), flip 0.5), ``TrainPipeline3x``
 (flip, then either one multi-scale resize or resize + random crop + resize, as the official 3x configs), and
 ``EvalPipeline`` (resize into (1333, 800)); each normalises and pads to a multiple of 32.
 """
@@ -169,7 +169,8 @@ def read_coco(ann_file: str | Path, image_dir: str | Path) -> tuple[list[ImageRe
     for ann in data["annotations"]:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         if image_id not in images:
-            skips.add("annotations of unknown image ids", f"annotation {ann.get('id') if isinstance(ann, dict) else ann}")
+            first = ann.get("id") if isinstance(ann, dict) else ann
+            skips.add("annotations of unknown image ids", f"annotation {first}")
             continue
         if ann.get("category_id") in label_of:
             known.add(image_id)
@@ -195,7 +196,8 @@ def read_coco(ann_file: str | Path, image_dir: str | Path) -> tuple[list[ImageRe
         ))
     skips.report()
     if missing:
-        _logger.warning("%s: left out %d images whose files are missing (first: %s)", ann_file, len(missing), missing[0])
+        _logger.warning("%s: left out %d images whose files are missing (first: %s)", ann_file, len(missing),
+                        missing[0])
     if not records:
         raise DetectionDataError(f"none of the {len(images)} images of {ann_file} is in {image_dir}")
     return records, category_ids, names, data

@@ -303,8 +303,8 @@ def load_official_detector(checkpoint: str | Path | dict[str, Any], test_cfg: Te
 
 
 def load_detector_weights(model: MaskRCNN, checkpoint: Any, source: str | Path = "checkpoint") -> MaskRCNN:
-    """Load a detector checkpoint (any wrapper, see ``overlock.models.overlock.dense_state_dict``) into ``model``, strictly, with a
-    ``CheckpointMismatchError`` listing missing, unexpected and mis-shaped keys."""
+    """Load a detector checkpoint (any wrapper, see ``overlock.models.overlock.dense_state_dict``) into ``model``,
+    strictly, with a ``CheckpointMismatchError`` listing missing, unexpected and mis-shaped keys."""
     state_dict = dense_state_dict(checkpoint)
     target = model.state_dict()
     missing = set(target) - set(state_dict)

@@ -237,7 +237,8 @@ def detector_losses(model: Any, images: Tensor, gt_boxes: Sequence[Tensor], gt_l
         pos_rois = positive_rois(sampled)
         mask_logits = (model.roi_head.mask_forward(feats, pos_rois, index) if cascade
                        else model.roi_head.mask_forward(feats, pos_rois))
-        stage_losses["loss_mask"] = mask_head_loss(mask_logits, sampled, gt_masks, gt_labels, cfg.mask_size) * stage.weight
+        mask_loss = mask_head_loss(mask_logits, sampled, gt_masks, gt_labels, cfg.mask_size)
+        stage_losses["loss_mask"] = mask_loss * stage.weight
         suffix = f"_s{index}" if cascade else ""
         losses.update({name + suffix: value for name, value in stage_losses.items()})
         if index + 1 < len(cfg.stages):

@@ -46,8 +46,8 @@ from .presets import DetTrainConfig, build_detector, coco_paths, step_lr
 _logger = logging.getLogger(__name__)
 
 # options that may change when a run is resumed; every other one comes from the checkpoint
-METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "skipped_train", "bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP",
-                 "segm_mAP_50", "segm_mAP_75", "seconds"]
+METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "skipped_train", "bbox_mAP", "bbox_mAP_50", "bbox_mAP_75",
+                 "segm_mAP", "segm_mAP_50", "segm_mAP_75", "seconds"]
 STEP_FIELDS = ["step", "lr", "loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"]
 
 
@@ -116,7 +116,8 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
     loader, micro_per_pass = training_loader(train_set, cfg.seed, cfg.batch_size, accum, cfg.workers, info,
                                              collate_detection)
 
-    optimizer = torch.optim.AdamW(substring_decay_groups(model, cfg.weight_decay, cfg.no_decay_keys), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(substring_decay_groups(model, cfg.weight_decay, cfg.no_decay_keys), lr=cfg.lr,
+                                  betas=(0.9, 0.999))
     amp_dtype = AMP_DTYPES[cfg.amp]
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
     with_losses = DetectorWithLosses(model, cfg.train_cfg)
@@ -181,7 +182,8 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
         improved = last_eval["bbox_mAP"] > best_ap
         best_ap = max(best_ap, last_eval["bbox_mAP"])
         row = {"epoch": at.data_pass, "step": at.step, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": totals.mean_loss, "skipped_train": totals.skipped, "seconds": round(time.time() - start, 1),
+               "train_loss": totals.mean_loss, "skipped_train": totals.skipped,
+               "seconds": round(time.time() - start, 1),
                **{k: last_eval.get(k, -1.0) for k in METRIC_FIELDS if "mAP" in k}}
         metrics_log.write(row)
         _logger.info("epoch %d: box AP %.3f (AP50 %.3f), mask AP %.3f (AP50 %.3f)", at.data_pass, row["bbox_mAP"],
