@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.overlock import (
-    OFFICIAL_ARG_NAMES, CheckpointMismatchError, OverLoCK, checkpoint_filter_fn, dense_state_dict, mismatch_report,
+    CheckpointMismatchError, OverLoCK, checkpoint_filter_fn, dense_state_dict, mismatch_report, official_backbone,
 )
 from ..weights_file import read_checkpoint
 from .boxes import AnchorGenerator, DeltaXYWHCoder
@@ -239,17 +239,12 @@ def detector_from_mmdet_config(config: dict[str, Any]) -> MaskRCNN:
     kind = config.get("type")
     if kind not in ("MaskRCNN", "CascadeRCNN"):
         raise ValueError(f"unsupported detector type {kind!r}: expected MaskRCNN or CascadeRCNN")
-    backbone = dict(config["backbone"])
-    name = backbone.pop("type")
-    backbone.pop("pretrained", None)
-    unknown = set(backbone) - set(OFFICIAL_ARG_NAMES)
-    if unknown:
-        raise ValueError(f"backbone arguments this implementation does not know: {', '.join(sorted(unknown))}")
+    name, backbone_args = official_backbone(config["backbone"])
     roi = config["roi_head"]
     bbox_head = roi["bbox_head"][0] if isinstance(roi["bbox_head"], list) else roi["bbox_head"]
     detector = DetectorConfig(
-        backbone=name if name.startswith("overlock_") else "overlock_t",  # the class: every argument given
-        backbone_args={OFFICIAL_ARG_NAMES[k]: v for k, v in backbone.items()},
+        backbone=name,
+        backbone_args=backbone_args,
         num_classes=bbox_head["num_classes"],
         cascade=kind == "CascadeRCNN",
         fpn_channels=config["neck"]["out_channels"],

@@ -593,6 +593,20 @@ OFFICIAL_ARG_NAMES = {
 _DENSE_ONLY_PREFIXES = ("extra_norm.", "h_proj.")
 
 
+def official_backbone(backbone_config: dict[str, Any]) -> Tuple[str, dict[str, Any]]:
+    """The model name and our constructor arguments for the ``backbone`` dict of an official mmdet/mmseg config: a
+    registered variant (``type='overlock_t'``) or the ``OverLoCK`` class with every argument given; an argument this
+    implementation does not know is a one-line error."""
+    backbone = dict(backbone_config)
+    kind = backbone.pop("type")
+    backbone.pop("pretrained", None)
+    unknown = set(backbone) - set(OFFICIAL_ARG_NAMES)
+    if unknown:
+        raise ValueError(f"backbone arguments this implementation does not know: {', '.join(sorted(unknown))}")
+    name = kind if kind.startswith("overlock_") else "overlock_t"  # the class: every architecture argument given
+    return name, {OFFICIAL_ARG_NAMES[k]: v for k, v in backbone.items()}
+
+
 def _unwrapped(checkpoint: Any, wrappers: Sequence[str]) -> dict[str, Tensor]:
     if not isinstance(checkpoint, dict):
         raise ValueError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")

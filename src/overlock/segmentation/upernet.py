@@ -20,7 +20,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from ..layers import ConvBNReLU
-from ..models.overlock import OFFICIAL_ARG_NAMES, CheckpointMismatchError, OverLoCK, dense_state_dict, mismatch_report
+from ..models.overlock import CheckpointMismatchError, OverLoCK, dense_state_dict, mismatch_report, official_backbone
 
 __all__ = [
     "UPERNET_VARIANTS", "FCNHead", "UPerHead", "UperNet", "create_upernet", "load_upernet_checkpoint",
@@ -189,24 +189,17 @@ def create_upernet(
     return model
 
 
-# the official OverLoCK constructor's argument names -> ours
 def upernet_from_mmseg_config(config: dict[str, Any], **kwargs: Any) -> UperNet:
     """The UperNet an mmsegmentation ``model`` config of the official code describes (``EncoderDecoder`` with an
     OverLoCK backbone, a ``UPerHead`` and an ``FCNHead``): a registered variant (``type='overlock_t'``) or the
     ``OverLoCK`` class with its arguments. ``kwargs`` go to ``create_upernet``."""
-    backbone = dict(config["backbone"])
-    kind = backbone.pop("type")
-    backbone.pop("pretrained", None)
-    unknown = set(backbone) - set(OFFICIAL_ARG_NAMES)
-    if unknown:
-        raise ValueError(f"backbone arguments this implementation does not know: {', '.join(sorted(unknown))}")
-    name = kind if kind.startswith("overlock_") else "overlock_t"  # the class: every architecture argument given
+    name, backbone_args = official_backbone(config["backbone"])
     decode, aux = config["decode_head"], config.get("auxiliary_head")
     return create_upernet(
         name, num_classes=decode["num_classes"], channels=decode["channels"],
         aux_channels=aux["channels"] if aux else None, aux_index=aux["in_index"] if aux else 2,
         pool_scales=tuple(decode["pool_scales"]), dropout=decode["dropout_ratio"],
-        **{OFFICIAL_ARG_NAMES[k]: v for k, v in backbone.items()}, **kwargs,
+        **backbone_args, **kwargs,
     )
 
 
