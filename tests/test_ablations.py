@@ -64,6 +64,9 @@ def test_another_tables_rows_plug_in_as_rows():
 
 def test_roadmap_ends_at_overlock_xt_itself():
     rows = [row for row in ABLATIONS.values() if row.table == "table6"]
+    assert [row.name for row in rows] == [  # the paper's order
+        "plainnet", "dilated_repconv", "se", "dwconv3x3", "baseline", "recurrent_model", "dds_model",
+        "wo_feature_feed", "static_to_dynamic", "aux_loss", "initial_prior", "gate"]
     assert [row.name for row in rows][-1] == "gate" and rows[-1].model == "overlock_xt"
     assert len(rows) >= 10
     # from the DDS model on, each step adds exactly its part to the model (keys; the rest is unchanged)
@@ -244,6 +247,9 @@ _VARIANTS = {
                                block_kwargs=dict(rep_conv=False, se=False, res_dwconv=False, conv_ffn=False)),
     "static_focus": dict(focus_block_kwargs=dict(dynamic=False, gate=False, reinject_prior=False)),
     "no_repconv": dict(focus_block_kwargs=dict(rep_conv=False), ctx_reduction=2),
+    "recurrent": dict(overview_net=False, sub_depths=(0, 0), feedback=True),
+    "no_feature_feed": dict(feature_feed=False, focus_block_kwargs=dict(dynamic=False, gate=False,
+                                                                         reinject_prior=False)),
 }
 
 
@@ -262,7 +268,7 @@ def test_switched_models_keep_timm_conventions(variant):
     out = model(x)
     if model.aux_head is None:
         assert isinstance(out, torch.Tensor)
-        assert variant.endswith("hierarchical")
+        assert variant.endswith("hierarchical") or variant in ("recurrent", "no_feature_feed")
     dense = OverLoCK(**dict(_SMALL, **_VARIANTS[variant]), dense_form="segmentation").eval()
     assert [t.shape[1] for t in dense(x)] == [info["num_chs"] for info in dense.feature_info]
 
@@ -339,3 +345,137 @@ def test_info_command_reports_a_row_with_its_paper_figures(capsys):
     info_cli.run(_parse(info_cli, ["--model", "tableC/r4", "--json"]))
     out = capsys.readouterr().out
     assert '"model": "tableC/r4"' in out and '"paper_params_m": 16' in out
+
+
+# ---------------------------------------------------------------------- Table 6: Recurrent Model, w/o feature feed
+def _perturbed(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with every parameter and BN statistic moved off its initial value (zero-initialised
+    parts such as GRN and the relative-position biases then act)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _pair(variant: str, **reference_switches) -> tuple[OverLoCK, OverLoCK]:
+    """The small model of ``variant`` and the reference model (the variant's switches with
+    ``reference_switches`` over them), the reference holding the variant's weights where it has them."""
+    model = _perturbed(OverLoCK(**dict(_SMALL, **_VARIANTS[variant]), num_classes=5))
+    reference = OverLoCK(**dict(_SMALL, **dict(_VARIANTS[variant], **reference_switches)), num_classes=5).eval()
+    return model, reference
+
+
+def _keys(model_name: str) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in timm.create_model(model_name, device="meta").state_dict().items()}
+
+
+def test_recurrent_model_is_the_baseline_plus_the_feedback_path():
+    """Keys: exactly the feedback projection and the two 1x1 joins over the Baseline's, the shared ones unchanged
+    (one set of weights for both passes); MACs: the Baseline's plus its stages 3-4 once more plus the three 1x1
+    convs."""
+    baseline, recurrent = _keys(ABLATIONS["table6/baseline"].model), _keys(ABLATIONS["table6/recurrent_model"].model)
+    ctx, (d3, d4) = 360 // 4, (256, 360)
+    assert {k: v for k, v in recurrent.items() if k not in baseline} == {
+        "feedback.proj.weight": (ctx, d4, 1, 1), "feedback.proj.bias": (ctx,),
+        "feedback.fuse3.weight": (d3, ctx, 1, 1), "feedback.fuse4.weight": (d4, ctx, 1, 1)}
+    assert all(recurrent[k] == shape for k, shape in baseline.items())
+    params_m, gmacs = cost(ABLATIONS["table6/recurrent_model"].model)
+    base_params_m, base_gmacs = cost(ABLATIONS["table6/baseline"].model)
+    assert params_m - base_params_m == pytest.approx((d4 * ctx + ctx + ctx * d3 + ctx * d4) / 1e6, abs=1e-9)
+    model = timm.create_model(ABLATIONS["table6/baseline"].model, device="meta", deploy=True)
+    stages_3_4 = count_macs(nn.Sequential(model.patch_embed3, model.blocks3, model.patch_embed4, model.blocks4),
+                            (112, 28, 28))
+    feedback = d4 * ctx * 7 * 7 + ctx * d3 * 14 * 14 + ctx * d4 * 7 * 7
+    assert gmacs - base_gmacs == pytest.approx((stages_3_4 + feedback) / 1e9, rel=1e-6)
+
+
+def test_recurrent_model_second_pass_is_fed_the_first_pass():
+    """The feedback projection sees the plain network's stage-4 output (the first pass); the second pass joins its
+    projection to stages 3 and 4 as a concatenation through a 1x1 conv whose feature part is the identity; and the
+    output depends on it."""
+    model, baseline = _pair("recurrent", feedback=False)
+    baseline.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    model.feedback.proj.register_forward_hook(lambda m, args, out: seen.update(top=args[0], feedback=out))
+    logits = model(x)
+    torch.testing.assert_close(seen["top"], baseline.forward_features(x))
+
+    def joined(features, feedback, fuse):
+        eye = torch.eye(features.shape[1])[:, :, None, None]
+        weight = torch.cat([eye, fuse.weight], dim=1)
+        feedback = torch.nn.functional.interpolate(feedback, size=features.shape[-2:], mode="bilinear")
+        return torch.nn.functional.conv2d(torch.cat([features, feedback], dim=1), weight)
+
+    with torch.no_grad():
+        stride8 = baseline.forward_base(x, last=1)[1]
+        stage3 = model.blocks3(joined(model.patch_embed3(stride8), seen["feedback"], model.feedback.fuse3))
+        stage4 = model.blocks4(joined(model.patch_embed4(stage3), seen["feedback"], model.feedback.fuse4))
+    torch.testing.assert_close(logits, model.forward_head(stage4))
+    hook = model.feedback.proj.register_forward_hook(lambda m, args, out: out + torch.randn_like(out))
+    assert not torch.allclose(model(x), logits, atol=1e-3)
+    hook.remove()
+
+
+def test_recurrent_model_without_feedback_is_the_baseline_run_once():
+    """With the feedback projection zeroed the second pass gets zero context: it is the first pass again, the
+    Baseline's output with the same weights."""
+    model, baseline = _pair("recurrent", feedback=False)
+    with torch.no_grad():
+        model.feedback.proj.weight.zero_()
+        model.feedback.proj.bias.zero_()
+    baseline.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(x), baseline(x))
+
+
+def test_without_feature_feed_the_overview_net_is_not_built():
+    """The DDS model's keys less exactly the Overview-Net's (stage 4 and its projection); nothing added or
+    reshaped. Cost: the DDS model's less the Overview-Net's."""
+    dds, unfed = _keys(ABLATIONS["table6/dds_model"].model), _keys(ABLATIONS["table6/wo_feature_feed"].model)
+    assert set(unfed) < set(dds) and all(unfed[k] == dds[k] for k in unfed)
+    assert {k.split(".")[0] for k in set(dds) - set(unfed)} == {"patch_embed4", "blocks4", "high_level_proj"}
+    model = timm.create_model(ABLATIONS["table6/dds_model"].model, device="meta", deploy=True)
+    overview = nn.Sequential(model.patch_embed4, model.blocks4, model.high_level_proj)
+    params_m, gmacs = cost(ABLATIONS["table6/wo_feature_feed"].model)
+    dds_params_m, dds_gmacs = cost(ABLATIONS["table6/dds_model"].model)
+    assert params_m == pytest.approx(dds_params_m - count_params(overview) / 1e6, abs=1e-9)
+    assert gmacs == pytest.approx(dds_gmacs - count_macs(overview, (256, 14, 14)) / 1e9, rel=1e-6)
+
+
+def test_without_feature_feed_the_focus_net_starts_from_zero_context():
+    """The output is the DDS model's (same weights) with a zero prior in place of the Overview-Net's, whatever
+    the DDS model's Overview-Net computes."""
+    model, dds = _pair("no_feature_feed", feature_feed=True)
+    dds.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stride16 = dds.forward_base(x)[2]
+        zero_prior = torch.zeros(2, dds.ctx_dim, 2, 2)
+        expected = dds.forward_head(dds.forward_focus(stride16, zero_prior)[1])
+    torch.testing.assert_close(model(x), expected)
+    assert model.high_level_proj is None and model.patch_embed4 is None and len(model.blocks4) == 0
+
+
+@pytest.mark.parametrize("variant", ["recurrent", "no_feature_feed"])
+def test_every_parameter_of_the_table6_switches_is_trained(variant):
+    """No dead parameter: one training step's loss reaches every parameter."""
+    model = _perturbed(OverLoCK(**dict(_SMALL, **_VARIANTS[variant]), num_classes=5)).train()
+    model(torch.randn(2, 3, 64, 64)).logsumexp(1).sum().backward()
+    dead = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead
+
+
+@pytest.mark.parametrize("switches, message", [
+    (dict(feedback=True), "needs overview_net=False"),
+    (dict(overview_net=False, feature_feed=False), "needs overview_net=True"),
+    (dict(feature_feed=False), "reinject_prior=False"),
+])
+def test_table6_switches_refuse_combinations_they_cannot_build(switches, message):
+    with pytest.raises(ValueError, match=message):
+        OverLoCK(**dict(_SMALL, **switches), device="meta")

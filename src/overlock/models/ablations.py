@@ -91,9 +91,17 @@ _TABLE6 = [
     _row("table6", "dwconv3x3", "+ 3x3 DWConv", _ROADMAP_NOTE,
          model_kwargs=dict(_HIERARCHICAL, block_kwargs=dict(conv_ffn=False))),
     _row("table6", "baseline", "ConvFFN (Baseline)", _ROADMAP_NOTE, model_kwargs=dict(_HIERARCHICAL)),
+    _row("table6", "recurrent_model", "Recurrent Model",
+         "the Baseline's stages 3-4 run twice with the same weights, the second pass fed back the first pass's "
+         "stage-4 output (projected to 90 channels, joined to each stage's input by a 1x1 conv); no aux loss",
+         model_kwargs=dict(_HIERARCHICAL, feedback=True)),
     _row("table6", "dds_model", "DDS Model",
          "OverLoCK-XT with a static Focus-Net (Dilated RepConv only), no gate, no prior re-injection, no aux loss",
          model_kwargs=dict(_NO_AUX, focus_block_kwargs=_STATIC), train=dict(aux_weight=0.0)),
+    _row("table6", "wo_feature_feed", "w/o feature feed",
+         "the DDS model whose Focus-Net context channels start from zeros instead of the Overview-Net's prior; "
+         "the Overview-Net, then unused, is not built (Base-Net + Focus-Net)",
+         model_kwargs=dict(_NO_AUX, feature_feed=False, focus_block_kwargs=_STATIC), train=dict(aux_weight=0.0)),
     _row("table6", "static_to_dynamic", "Static -> Dynamic", "the DDS model with ContMix in the Focus-Net",
          model_kwargs=dict(_NO_AUX, focus_block_kwargs=_DYNAMIC), train=dict(aux_weight=0.0)),
     _row("table6", "aux_loss", "+ aux loss", "the auxiliary Overview-Net head trained with weight 0.4",
@@ -238,7 +246,8 @@ def row_for_model(name: str) -> Optional[AblationRow]:
 def _classifiers(row: AblationRow) -> tuple[str, ...]:
     """The classifier modules of a row's model: the auxiliary one only where the row keeps the Overview-Net and
     its head."""
-    with_aux = row.model_kwargs.get("with_aux_head", True) and row.model_kwargs.get("overview_net", True)
+    kwargs = row.model_kwargs
+    with_aux = all(kwargs.get(switch, True) for switch in ("with_aux_head", "overview_net", "feature_feed"))
     return ("head.4", "aux_head.2") if with_aux else ("head.4",)
 
 

@@ -57,8 +57,16 @@ def resize_like(x: Tensor, reference: Tensor) -> Tensor:
     return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
 
 
+@register_notrace_function  # reads a shape: a leaf function for fx
+def zero_context(x: Tensor, channels: int) -> Tensor:
+    """Zeros of ``channels`` channels at the batch size, size, dtype and device of ``x``: the Focus-Net's context
+    channels where no prior feeds them."""
+    return x.new_zeros((x.shape[0], channels, x.shape[2], x.shape[3]))
+
+
 torch.fx.wrap("check_image_batch")
 torch.fx.wrap("resize_like")
+torch.fx.wrap("zero_context")
 
 
 class StageGeometry(NamedTuple):
@@ -142,6 +150,23 @@ class FocusStage(nn.ModuleList):
         return out
 
 
+class TopDownFeedback(nn.Module):
+    """The recurrent model's top-down path (Table 6's Recurrent Model): the first pass's stage-4 output projected
+    to the context width (``proj``), then, in the second pass, joined to the input of stages 3 and 4 by a 1x1 conv
+    each (``fuse3``, ``fuse4``; the feedback resized to the stage first).
+
+    Joining is a concatenation of the stage's input and the feedback followed by a 1x1 conv whose feature part is
+    the identity: the features plus the fused feedback. A pass without feedback is therefore the plain network's
+    pass, which is what the first pass is.
+    """
+
+    def __init__(self, top_dim: int, ctx_dim: int, stage_dims: Tuple[int, int], **dd: Any):
+        super().__init__()
+        self.proj = nn.Conv2d(top_dim, ctx_dim, 1, **dd)
+        self.fuse3 = nn.Conv2d(ctx_dim, stage_dims[0], 1, bias=False, **dd)
+        self.fuse4 = nn.Conv2d(ctx_dim, stage_dims[1], 1, bias=False, **dd)
+
+
 # ---------------------------------------------------------------------- model
 class OverLoCK(nn.Module):
     """OverLoCK classification model, or one of its dense-prediction backbones (``dense_form``).
@@ -178,6 +203,12 @@ class OverLoCK(nn.Module):
         overview_net: False builds the plain hierarchical network of the ablations instead of the decomposition:
             no Overview-Net and no context; stages 3 and 4 run ``depths`` RepConv blocks followed by
             ``sub_depths`` plug-and-play ContMix blocks (kernels from their own input), and the head takes stage 4.
+        feedback: with ``overview_net=False``, the recurrent model of the ablations: stages 3 and 4 run twice with
+            the same weights, the second time with top-down feedback from the first pass's stage-4 output (see
+            ``TopDownFeedback``); the pyramid and the head take the second pass.
+        feature_feed: False leaves the Overview-Net's context prior out of the Focus-Net's feature path: the
+            context channels the Focus-Net carries start from zeros, and the Overview-Net, then unused, is not
+            built (``depths[3]`` is unused; needs ``reinject_prior=False`` in ``focus_block_kwargs``).
         block_kwargs: switches of every ``RepConvBlock`` (the ablations: ``rep_conv``, ``se``, ``res_dwconv``,
             ``conv_ffn``).
         focus_block_kwargs: switches of every Focus-Net ``DynamicConvBlock`` (``dynamic``, ``gate``,
@@ -210,6 +241,8 @@ class OverLoCK(nn.Module):
         contmix_backend: str = "auto",
         ctx_reduction: int = 4,
         overview_net: bool = True,
+        feedback: bool = False,
+        feature_feed: bool = True,
         block_kwargs: Optional[dict[str, Any]] = None,
         focus_block_kwargs: Optional[dict[str, Any]] = None,
         device: Any = None,
@@ -221,10 +254,18 @@ class OverLoCK(nn.Module):
             raise ValueError(f"dense_form must be None or one of {DENSE_FORMS}, got {dense_form!r}")
         if not overview_net and output_stride != 32 and any(sub_depths):
             raise ValueError("the hierarchical network's ContMix blocks run at output_stride 32 only")
-        d1, d2, d3, d4 = embed_dims
-        ctx_dim = d4 // ctx_reduction if overview_net else 0
         block_kwargs = dict(block_kwargs or {})
         focus_block_kwargs = dict(focus_block_kwargs or {})
+        if feedback and overview_net:
+            raise ValueError("feedback=True runs the hierarchical network twice; it needs overview_net=False")
+        if not feature_feed and not overview_net:
+            raise ValueError("feature_feed=False removes the prior from the Focus-Net; it needs overview_net=True")
+        if not feature_feed and focus_block_kwargs.get("reinject_prior", True):
+            raise ValueError("feature_feed=False leaves no prior to re-inject; set reinject_prior=False in "
+                             "focus_block_kwargs")
+        d1, d2, d3, d4 = embed_dims
+        ctx_dim = d4 // ctx_reduction if overview_net else 0
+        builds_overview = overview_net and feature_feed  # the Overview-Net: patch_embed4, blocks4, high_level_proj
         geometry = stage_geometry(output_stride)
         self.in_chans = in_chans
         self.dense_form = dense_form
@@ -244,6 +285,7 @@ class OverLoCK(nn.Module):
         ]
         self.num_levels = len(self.feature_info)  # an int TorchScript reads in forward_intermediates
 
+        depths = tuple(depths[:3]) + (depths[3] if builds_overview or not overview_net else 0,)
         num_blocks = sum(depths) + sum(sub_depths)
         dpr = iter(torch.linspace(0, drop_path_rate, num_blocks, device="cpu").tolist())
 
@@ -254,14 +296,12 @@ class OverLoCK(nn.Module):
         self.patch_embed1 = stem(in_chans, d1, **dd)
         self.patch_embed2 = entry(d1, d2, geometry[1])
         self.patch_embed3 = entry(d2, d3, geometry[2])
-        self.patch_embed4 = entry(d3, d4, geometry[3])
-        if overview_net:
-            self.high_level_proj = nn.Conv2d(d4, ctx_dim, 1, **dd)
-            self.patch_embedx = ContextDownsample(
-                d3, d4, ctx_dim, stride=geometry[3].entry_stride, dilation=geometry[3].entry_dilation, **dd
-            )
-        else:
-            self.high_level_proj, self.patch_embedx = None, None
+        self.patch_embed4 = entry(d3, d4, geometry[3]) if builds_overview or not overview_net else None
+        self.high_level_proj = nn.Conv2d(d4, ctx_dim, 1, **dd) if builds_overview else None
+        self.patch_embedx = ContextDownsample(
+            d3, d4, ctx_dim, stride=geometry[3].entry_stride, dilation=geometry[3].entry_dilation, **dd
+        ) if overview_net else None
+        self.feedback = TopDownFeedback(d4, d4 // ctx_reduction, (d3, d4), **dd) if feedback else None
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
             blocks: List[nn.Module] = [
                 RepConvBlock(
@@ -306,7 +346,7 @@ class OverLoCK(nn.Module):
             self.h_proj = None
             self.aux_head = (
                 nn.Sequential(nn.BatchNorm2d(d4, **dd), nn.AdaptiveAvgPool2d(1), _classifier(d4, num_classes, **dd))
-                if with_aux_head and overview_net else None
+                if with_aux_head and builds_overview else None
             )
             self.head = nn.Sequential(
                 nn.Conv2d(self.num_features, projection, 1, bias=False, **dd),
@@ -320,7 +360,7 @@ class OverLoCK(nn.Module):
             self.aux_head = None
             self.head = None
             norms = [LayerNorm2d(info["num_chs"], **dd) for info in self.feature_info]
-            if dense_form == "detection" and overview_net:  # the Overview-Net output fused into stage 4
+            if dense_form == "detection" and builds_overview:  # the Overview-Net output fused into stage 4
                 self.h_proj = nn.Sequential(nn.Conv2d(d4, d4 + ctx_dim, 1, **dd), LayerScale(d4 + ctx_dim, 1e-5, **dd))
                 norms.append(LayerNorm2d(d4, **dd))
             else:
@@ -336,7 +376,7 @@ class OverLoCK(nn.Module):
         if coarse:
             return dict(
                 stem=r"^patch_embed1\.",
-                blocks=[(r"^(?:patch_embed|blocks)(\d)\.", None), (r"^high_level_proj\.", (4,))],
+                blocks=[(r"^(?:patch_embed|blocks)(\d)\.", None), (r"^(?:high_level_proj|feedback)\.", (4,))],
                 focus=[(r"^(?:sub_blocks3|patch_embedx)\.", (3,)), (r"^sub_blocks4\.", (4,))],
             )
         return dict(
@@ -344,7 +384,7 @@ class OverLoCK(nn.Module):
             blocks=[
                 (r"^patch_embed(\d)\.", (0,)),
                 (r"^blocks(\d)\.(\d+)\.", None),
-                (r"^high_level_proj\.", (4, 99999)),
+                (r"^(?:high_level_proj|feedback)\.", (4, 99999)),
             ],
             focus=[(r"^sub_blocks(\d)\.(\d+)\.", None), (r"^patch_embedx\.", (4, 0))],
         )
@@ -435,17 +475,34 @@ class OverLoCK(nn.Module):
             levels.append(self.sub_blocks4(x, ctx, ctx_prior))
         return levels
 
+    def forward_second_pass(self, x: Tensor, feedback: Tensor, last: int = 3) -> List[Tensor]:
+        """The recurrent model's second pass of stages 3 and 4 (up to level ``last``) from the stride-8 map ``x``,
+        each stage's input joined with ``feedback``, the first pass's projected stage-4 output."""
+        assert self.feedback is not None
+        x = self.patch_embed3(x)
+        levels = [self.blocks3(x + self.feedback.fuse3(resize_like(feedback, x)))]
+        if last >= 3:
+            x = self.patch_embed4(levels[0])
+            levels.append(self.blocks4(x + self.feedback.fuse4(feedback)))  # both passes' stage 4 match in size
+        return levels
+
     def forward_pyramid(self, x: Tensor, last: int = 3) -> Tuple[List[Tensor], Optional[Tensor]]:
         """Pyramid levels 0..``last`` (strides 4-32) as the model outputs them, and the Overview-Net output
-        (None when ``last`` < 2)."""
+        (None when ``last`` < 2 or the model has no Overview-Net)."""
         check_image_batch(x, self.in_chans)
         levels = self.forward_base(x, last)
         overview: Optional[Tensor] = None
         if self.sub_blocks3 is None:  # the hierarchical network of the ablations: stage 4 on stage 3
-            if last >= 3:
+            if self.feedback is not None and last >= 2:  # the recurrent model: stages 3-4 again, with feedback
+                top = self.blocks4(self.patch_embed4(levels[2]))
+                levels = levels[:2] + self.forward_second_pass(levels[1], self.feedback.proj(top), last)
+            elif last >= 3:
                 levels.append(self.blocks4(self.patch_embed4(levels[2])))
         elif last >= 2:
-            overview, ctx_prior = self.forward_overview(levels[2])
+            if self.high_level_proj is None:  # no feature feed: the context channels start from zeros
+                ctx_prior = zero_context(levels[2], self.ctx_dim)
+            else:
+                overview, ctx_prior = self.forward_overview(levels[2])
             levels = levels[:2] + self.forward_focus(levels[2], ctx_prior, last)
         if self.extra_norm is not None:
             levels = self._normed_levels(levels, overview)
@@ -545,6 +602,7 @@ class OverLoCK(nn.Module):
         if max_index < 2:
             for name in ("patch_embed3", "patch_embed4", "high_level_proj"):
                 setattr(self, name, nn.Identity())
+            self.feedback = None
             self.patch_embedx = PrunedDownsample()
             for name in ("blocks3", "blocks4"):
                 setattr(self, name, RepConvStage())
