@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 
 from overlock.analysis import count_macs, count_params
 from overlock.cli.main import main
-from overlock.export import deploy_form
+from overlock.export import _architecture_details, deploy_form
 from overlock.classification.inference import load_model
 from overlock.classification import train
 from test_train_runs import make_folder, tiny_config
@@ -85,6 +85,15 @@ def test_model_card(run, tmp_path):
     assert f"top-1 {summary['final']['top1']:.2f} %" in text
     assert "Apache-2.0" in text and "@inproceedings{lou2025overlock" in text
     assert "huggingface_hub.upload_folder" in text
+
+
+@pytest.mark.parametrize("name, details", [
+    ("test_overlock", "depths [1, 1, 1, 1], Focus-Net depths [2, 2], widths [16, 32, 64, 96]"),
+    ("overlock_abl_table6_recurrent_model", "depths [2, 2, 9, 4], no Focus-Net, widths [64, 112, 256, 360]"),
+])
+def test_model_card_architecture_line_names_the_depths(name, details):
+    """The card's architecture line for the decomposed model and for an ablation without a Focus-Net."""
+    assert details in _architecture_details(timm.create_model(name, device="meta"))
 
 
 def test_export_refuses_a_folder_with_files(run, tmp_path, capsys):

@@ -187,6 +187,18 @@ def test_overlock_heads_are_the_models_own_outputs():
     assert heads[0].stages[3].shape[-1] == 4 and heads[0].stages[4].shape[-1] == 2  # strides 16 and 32
 
 
+@pytest.mark.parametrize("switches", [
+    dict(overview_net=False, sub_depths=(0, 0), feedback=True),  # Table 6's recurrent model
+    dict(feature_feed=False, focus_block_kwargs=dict(dynamic=False, gate=False, reinject_prior=False)),
+], ids=["recurrent", "no_feature_feed"])
+def test_overlock_ablations_without_an_overview_net_have_one_head(switches):
+    model = timm.create_model("test_overlock", **switches).eval()
+    x = torch.randn(1, 3, 64, 64)
+    (head,) = head_activations(model, x)
+    torch.testing.assert_close(head.logits, model(x))
+    assert tuple(head.stages) == (3, 4) and head.stages[4].shape[-1] == 2
+
+
 def test_grad_cam_panels_explain_one_class_for_every_head_and_stage():
     model = timm.create_model("test_overlock").eval()
     image = torch.randn(3, 64, 48)

@@ -311,8 +311,9 @@ def _architecture_details(model: nn.Module) -> str:
     if network is None:
         return ""
     depths = [len(getattr(network, f"blocks{i}")) for i in range(1, 5)]
-    focus = [len(network.sub_blocks3), len(network.sub_blocks4)]
-    return (f": Base-Net/Overview-Net depths {depths}, Focus-Net depths {focus}, widths {list(network.embed_dims)}"
+    focus = ("no Focus-Net" if network.sub_blocks3 is None or network.sub_blocks4 is None  # hierarchical ablations
+             else f"Focus-Net depths {[len(network.sub_blocks3), len(network.sub_blocks4)]}")
+    return (f": Base-Net/Overview-Net depths {depths}, {focus}, widths {list(network.embed_dims)}"
             f"{', deploy form' if not any(hasattr(m, 'origin_bn') for m in network.modules()) else ''}")
 
 

@@ -158,9 +158,9 @@ class HeadActivations:
 def head_activations(model: nn.Module, x: Tensor) -> list[HeadActivations]:
     """Each classifier head of ``model`` on the batch ``x`` of one image, with its stage-3 and stage-4 maps, the
     main head last. OverLoCK has two: the Overview-Net's auxiliary head (when kept), fed by the Base-Net's stage 3
-    and the Overview-Net, and the Focus-Net head, fed by the Focus-Net's stages 3 and 4. Any other timm model has
-    its one head, on its stages 3 and 4."""
-    if isinstance(model, OverLoCK):
+    and the Overview-Net, and the Focus-Net head, fed by the Focus-Net's stages 3 and 4. Any other timm model, and
+    an ablation model without the Overview-Net, has its one head, on its stages 3 and 4."""
+    if isinstance(model, OverLoCK) and model.high_level_proj is not None:
         if model.head is None:
             raise ValueError("the dense-prediction backbone has no classifier head to explain")
         check_image_batch(x, model.in_chans)
