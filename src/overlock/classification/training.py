@@ -27,18 +27,14 @@ import overlock  # noqa: F401  (registers the models)
 from ..data import FashionMNIST, FashionMNISTTransform, ImageFolderDataset, collate_skipping_corrupt
 from ..data.augment import keep_zero_bit_posterize
 from ..data.seeded import SeededDataset
-from ..engine.checkpoint import (
-    RESUME_OVERRIDABLE, CheckpointError, check_same_classes, load_run_state, load_training_checkpoint, save_atomic,
-    save_run_weights,
-)
-from ..engine.distributed import init_distributed, sync_batchnorm
+from ..engine.checkpoint import RESUME_OVERRIDABLE, save_atomic, save_run_weights
+from ..engine.distributed import sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES
-from ..engine.run_logs import (
-    CsvLog, finish_run_logs, open_tensorboard, prepare_output, read_run_log, save_two_panel_curves,
-)
+from ..engine.run import start_run
+from ..engine.run_logs import finish_run_logs, read_run_log, save_two_panel_curves
 from ..engine.sampler import EpochSampler
-from ..engine.seeding import restore_rng, rng_state
+from ..engine.seeding import rng_state
 from .config import TrainConfig
 from .evaluate import evaluate
 from .inference import eval_transform
@@ -128,7 +124,6 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
     )
 
 
-# options that may change when a run is resumed; every other one comes from the checkpoint
 METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_top1",
                  "skipped_images", "seconds"]
 
@@ -141,24 +136,14 @@ def train(
     When resuming, the run's own configuration is taken from ``cfg.output``/last.pth; of ``cfg`` only ``output``
     and the ``overrides`` fields apply (those of ``RESUME_OVERRIDABLE``; the command line passes the ones given).
     """
-    info = init_distributed()
-    out = Path(cfg.output)
-    state = None
-    if resume:
-        state = load_training_checkpoint(out / "last.pth")
-        try:
-            saved = TrainConfig(**state["config"])
-        except TypeError as exc:
-            raise CheckpointError(f"{out / 'last.pth'} holds a configuration this version cannot read: {exc}") from exc
-        kept = {"output", *overrides} & set(RESUME_OVERRIDABLE)
-        cfg = saved.updated(**{k: getattr(cfg, k) for k in kept})
-    elif info.is_main:
-        prepare_output(out, resume, overwrite)
+    kept = {k: getattr(cfg, k) for k in overrides if k != "output"}  # the run's own settings but these
+    run = start_run(cfg, TrainConfig, resume, kept)
+    info, out, cfg = run.info, run.out, run.cfg
+    run.prepare_folder(overwrite)
     torch.manual_seed(cfg.seed)
 
     train_set, val_set, classes, in_chans = build_datasets(cfg)
-    if state is not None:
-        check_same_classes(state.get("classes"), classes, cfg.data_dir)
+    run.check_classes(classes)
     num_classes = cfg.num_classes or len(classes)
     if num_classes < len(classes):
         raise ValueError(f"--num-classes {num_classes} is fewer than the {len(classes)} classes of the data")
@@ -195,23 +180,12 @@ def train(
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
     train_model = DistributedDataParallel(model) if info.enabled else model
 
-    loop_state, best_top1 = LoopState(), -1.0
-    last_eval: dict[str, float] = {}
-    if state is not None:
-        load_run_state(state, out / "last.pth", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                       ema=ema.module if ema is not None else None)
-        loop_state = LoopState.resumed(state["step"], state["epoch"], state["micro_in_epoch"],
-                                       state.get("epoch_sums", [0.0] * 3), info)
-        best_top1, last_eval = state["best_top1"], state.get("last_eval", {})
-        restore_rng(state["rng"])
-        _logger.info("resumed %s at epoch %d, step %d", out, loop_state.data_pass, loop_state.step)
-
-    metrics_log = CsvLog(out / "metrics.csv", METRIC_FIELDS)
-    steps_log = CsvLog(out / "steps.csv", ["step", "epoch", "lr", "loss"])
-    if state is not None and info.is_main:  # drop rows logged after the checkpoint (the killed run's tail)
-        metrics_log.truncate("step", loop_state.step)
-        steps_log.truncate("step", loop_state.step)
-    writer = open_tensorboard(out, purge_step=loop_state.step if state is not None else None) if info.is_main else None
+    loop_state = run.restore("epoch_sums", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                             ema=ema.module if ema is not None else None)
+    best_top1 = run.state["best_top1"] if run.state is not None else -1.0
+    last_eval: dict[str, float] = run.state.get("last_eval", {}) if run.state is not None else {}
+    logs, writer = run.open_logs(loop_state, metrics=METRIC_FIELDS, steps=["step", "epoch", "lr", "loss"])
+    metrics_log, steps_log = logs["metrics"], logs["steps"]
     start = time.time()
 
     def prepare_batch(batch: tuple[Tensor, Tensor, int]) -> PreparedBatch:

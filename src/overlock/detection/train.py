@@ -22,22 +22,14 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from ..engine.checkpoint import (
-    check_same_classes, load_run_state, load_training_checkpoint, resumed_config, save_atomic,
-)
-from ..engine.distributed import init_distributed, sync_batchnorm
+from ..engine.checkpoint import save_atomic
+from ..engine.distributed import sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES, substring_decay_groups
-from ..engine.run_logs import (
-    CsvLog,
-    finish_run_logs,
-    open_tensorboard,
-    prepare_output,
-    read_run_log,
-    save_two_panel_curves,
-)
+from ..engine.run import start_run
+from ..engine.run_logs import finish_run_logs, read_run_log, save_two_panel_curves
 from ..engine.sampler import training_loader
-from ..engine.seeding import restore_rng, rng_state
+from ..engine.seeding import rng_state
 from .data import CocoInstances, DetectionSample, EvalPipeline, TrainPipeline1x, TrainPipeline3x, collate_detection
 from .evaluate import detect_to_coco, evaluate_coco_results
 from .losses import DetectorWithLosses
@@ -93,20 +85,14 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
     by ``overrides``: any of ``engine.checkpoint.RESUME_OVERRIDABLE`` (``max_steps=0`` lets a run stopped by
     ``max_steps`` finish).
     """
-    info = init_distributed()
-    out = Path(cfg.output)
-    state = None
-    if resume:
-        state = load_training_checkpoint(out / "last.pth")
-        cfg = resumed_config(state, out / "last.pth", DetTrainConfig, overrides, cfg.output)
+    run = start_run(cfg, DetTrainConfig, resume, overrides)
+    info, out, cfg = run.info, run.out, run.cfg
     train_set, val_set = build_det_datasets(cfg)  # bad data stops the run before its folder is touched
-    if not resume and info.is_main:
-        prepare_output(out, resume, overwrite)
+    run.prepare_folder(overwrite)
     torch.manual_seed(cfg.seed)
 
     classes, category_ids = train_set.classes, train_set.category_ids
-    if state is not None:
-        check_same_classes(state.get("classes") or None, classes, cfg.data_dir)
+    run.check_classes(classes)
     model = build_detector(cfg, len(classes))
     if cfg.sync_bn:
         model = sync_batchnorm(model, info)
@@ -123,21 +109,11 @@ def train_detection(cfg: DetTrainConfig, resume: bool = False, overwrite: bool =
     with_losses = DetectorWithLosses(model, cfg.train_cfg)
     train_model = DistributedDataParallel(with_losses) if info.enabled else with_losses
 
-    loop_state, best_ap = LoopState(), -1.0
-    last_eval: dict[str, Any] = {}
-    if state is not None:
-        load_run_state(state, out / "last.pth", model=model, optimizer=optimizer, scaler=scaler)
-        loop_state = LoopState.resumed(state["step"], state["epoch"], state["micro_in_epoch"], state["sums"], info)
-        best_ap, last_eval = state["best_ap"], state.get("last_eval", {})
-        restore_rng(state["rng"])
-        _logger.info("resumed %s at step %d (epoch %d)", out, loop_state.step, loop_state.data_pass + 1)
-
-    metrics_log = CsvLog(out / "metrics.csv", METRIC_FIELDS)
-    steps_log = CsvLog(out / "steps.csv", STEP_FIELDS)
-    if state is not None and info.is_main:  # drop rows logged after the checkpoint (the killed run's tail)
-        for log in (metrics_log, steps_log):
-            log.truncate("step", loop_state.step)
-    writer = open_tensorboard(out, purge_step=loop_state.step if state is not None else None) if info.is_main else None
+    loop_state = run.restore(model=model, optimizer=optimizer, scaler=scaler)
+    best_ap = run.state["best_ap"] if run.state is not None else -1.0
+    last_eval: dict[str, Any] = run.state.get("last_eval", {}) if run.state is not None else {}
+    logs, writer = run.open_logs(loop_state, metrics=METRIC_FIELDS, steps=STEP_FIELDS)
+    metrics_log, steps_log = logs["metrics"], logs["steps"]
     start = time.time()
 
     def prepare_batch(batch: tuple[Tensor, list[DetectionSample]]) -> PreparedBatch:

@@ -20,17 +20,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..engine.checkpoint import (
-    check_same_classes, load_run_state, load_training_checkpoint, resumed_config, save_atomic,
-)
-from ..engine.distributed import init_distributed, sync_batchnorm
+from ..engine.checkpoint import save_atomic
+from ..engine.distributed import sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES
-from ..engine.run_logs import (
-    CsvLog, finish_run_logs, open_tensorboard, prepare_output, read_run_log, save_two_panel_curves,
-)
+from ..engine.run import start_run
+from ..engine.run_logs import finish_run_logs, read_run_log, save_two_panel_curves
 from ..engine.sampler import training_loader
-from ..engine.seeding import restore_rng, rng_state
+from ..engine.seeding import rng_state
 from .config import SegTrainConfig, build_optimizer, build_segmenter, poly_lr
 from .data import SegmentationDataset, TrainPipeline, collate_segmentation
 from .evaluate import evaluate_segmentation
@@ -93,20 +90,14 @@ def train_segmentation(cfg: SegTrainConfig, resume: bool = False, overwrite: boo
     by ``overrides``: any of ``engine.checkpoint.RESUME_OVERRIDABLE`` (``max_steps=0`` lets a run stopped by
     ``max_steps`` finish).
     """
-    info = init_distributed()
-    out = Path(cfg.output)
-    state = None
-    if resume:
-        state = load_training_checkpoint(out / "last.pth")
-        cfg = resumed_config(state, out / "last.pth", SegTrainConfig, overrides, cfg.output)
-    elif info.is_main:
-        prepare_output(out, resume, overwrite, extra_files=RUN_FILES)
+    run = start_run(cfg, SegTrainConfig, resume, overrides)
+    info, out, cfg = run.info, run.out, run.cfg
+    run.prepare_folder(overwrite, extra_files=RUN_FILES)
     torch.manual_seed(cfg.seed)
 
     train_set, val_set = build_seg_datasets(cfg)
     classes = train_set.classes
-    if state is not None:
-        check_same_classes(state.get("classes") or None, classes, cfg.data_dir)
+    run.check_classes(classes)
     model = build_segmenter(cfg, len(classes))
     if cfg.sync_bn:
         model = sync_batchnorm(model, info)
@@ -122,22 +113,12 @@ def train_segmentation(cfg: SegTrainConfig, resume: bool = False, overwrite: boo
     train_model = DistributedDataParallel(model) if info.enabled else model
     settings = inference_settings(cfg)
 
-    loop_state, best_miou = LoopState(), -1.0
-    last_eval: dict[str, Any] = {}
-    if state is not None:
-        load_run_state(state, out / "last.pth", model=model, optimizer=optimizer, scaler=scaler)
-        loop_state = LoopState.resumed(state["step"], state["epoch"], state["micro_in_epoch"], state["sums"], info)
-        best_miou, last_eval = state["best_miou"], state.get("last_eval", {})
-        restore_rng(state["rng"])
-        _logger.info("resumed %s at iteration %d", out, loop_state.step)
-
-    metrics_log = CsvLog(out / "metrics.csv", METRIC_FIELDS)
-    per_class_log = CsvLog(out / "per_class.csv", ["step", "class", "IoU", "Acc"])
-    steps_log = CsvLog(out / "steps.csv", ["step", "lr", "loss", "decode_acc"])
-    if state is not None and info.is_main:  # drop rows logged after the checkpoint (the killed run's tail)
-        for log in (metrics_log, per_class_log, steps_log):
-            log.truncate("step", loop_state.step)
-    writer = open_tensorboard(out, purge_step=loop_state.step if state is not None else None) if info.is_main else None
+    loop_state = run.restore(model=model, optimizer=optimizer, scaler=scaler)
+    best_miou = run.state["best_miou"] if run.state is not None else -1.0
+    last_eval: dict[str, Any] = run.state.get("last_eval", {}) if run.state is not None else {}
+    logs, writer = run.open_logs(loop_state, metrics=METRIC_FIELDS, per_class=["step", "class", "IoU", "Acc"],
+                                 steps=["step", "lr", "loss", "decode_acc"])
+    metrics_log, per_class_log, steps_log = logs["metrics"], logs["per_class"], logs["steps"]
     start = time.time()
 
     def prepare_batch(batch: tuple[Tensor, Tensor, int]) -> PreparedBatch:
