@@ -277,10 +277,12 @@ def test_seg_rows_train_resume_and_read_back_with_the_seg_trainer(tmp_path, monk
     Path(cfg.output, "last.pth").write_bytes(b"")
     monkeypatch.setattr(ablate, "load_training_checkpoint", lambda path: {"config": asdict(cfg.updated(workers=3))})
     train_row(cfg.updated(save_every=2))  # a resumed row takes this call's workers, save_every and max_steps
-    assert calls[-1] == {"resume": True, "overrides": {"output": cfg.output, "workers": 0, "save_every": 2,
-                                                      "max_steps": 0}}
+    assert calls[-1] == {"resume": True, "overrides": {"workers": 0, "save_every": 2, "max_steps": 0}}
     with pytest.raises(ValueError, match=r"other settings \(iters 300 -> 9\)"):
         train_row(cfg.updated(iters=9))
+    classification = TrainConfig(model=cfg.backbone, output=cfg.output)
+    with pytest.raises(ValueError, match="holds a segmentation run, not a classification one"):
+        train_row(classification)
     Path(cfg.output, "summary.json").write_text(json.dumps(recording(cfg)))
     calls.clear()
     assert train_row(cfg)["final"]["mIoU"] == 40.0 and not calls  # finished: read back
@@ -335,7 +337,21 @@ def test_two_row_seg_table_end_to_end(tmp_path, capsys, monkeypatch):
     assert "top1" not in table[0] and "| table6/plainnet | PlainNet |" in (out / "table.md").read_text()
     assert (out / "table.png").stat().st_size > 0
 
+    train_segmentation = seg_training.train_segmentation
     monkeypatch.setattr(seg_training, "train_segmentation", lambda *a, **k: pytest.fail("a finished row trained"))
     assert main(argv) == 0  # a second call reads the finished rows back
+    with (out / "table.csv").open() as f:
+        assert [line["miou"] for line in csv.DictReader(f)] == [line["miou"] for line in table]
+
+    calls = []
+
+    def recording(cfg, **kwargs):
+        calls.append((cfg.output, kwargs.get("resume", False)))
+        return train_segmentation(cfg, **kwargs)
+
+    (row_folder(out, rows[1]) / "summary.json").unlink()  # as if killed after its last checkpoint
+    monkeypatch.setattr(seg_training, "train_segmentation", recording)
+    assert main(argv) == 0
+    assert calls == [(str(row_folder(out, rows[1])), True)]  # resumed from last.pth (nothing left to train)
     with (out / "table.csv").open() as f:
         assert [line["miou"] for line in csv.DictReader(f)] == [line["miou"] for line in table]

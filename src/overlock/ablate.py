@@ -129,7 +129,16 @@ def _plan(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _NOT_PLAN}
 
 
+def _task(config: RowConfig | dict[str, Any]) -> str:
+    """'segmentation' or 'classification': the trainer of a run configuration (or of one as JSON)."""
+    segmentation = isinstance(config, SegTrainConfig) or isinstance(config, dict) and "backbone" in config
+    return "segmentation" if segmentation else "classification"
+
+
 def _check_same_plan(saved: dict[str, Any], cfg: RowConfig, where: Path) -> None:
+    if _task(saved) != _task(cfg):
+        raise ValueError(f"{where} holds a {_task(saved)} run, not a {_task(cfg)} one: choose another --out or pass "
+                         f"--overwrite to retrain it")
     ours, theirs = _plan(asdict(cfg)), _plan(saved)
     differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     if differing:
@@ -145,7 +154,8 @@ def _train(cfg: RowConfig, resume: bool) -> dict[str, Any]:
         from .segmentation import training as seg_training
 
         if resume:
-            overrides = {name: getattr(cfg, name) for name in _RESUMED}
+            # train_segmentation resumes in cfg.output itself; the other fields come as values
+            overrides = {name: getattr(cfg, name) for name in _RESUMED if name != "output"}
             return seg_training.train_segmentation(cfg, resume=True, overrides=overrides)
         return seg_training.train_segmentation(cfg, overwrite=True)
     from .classification import training

@@ -10,8 +10,8 @@ import dataclasses
 import json
 import math
 import typing
-from collections.abc import Collection
-from typing import Any, Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 MODEL_HELP = "timm model name, e.g. overlock_t (optional with a checkpoint of an overlock train run)"
 
