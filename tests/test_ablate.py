@@ -147,6 +147,9 @@ def test_measured_sizes_match_overlock_info():
     assert cost.images_per_s > 0
 
 
+_ANY_FOLDER = ["--data-dir", Path(__file__).parent]  # a folder that exists: the check after it is the one tested
+
+
 @pytest.mark.parametrize("argv, message", [
     (["tableZ"], "unknown ablation table 'tableZ'"),
     (["--rows", "table6/nope"], "unknown ablation row(s) table6/nope"),
@@ -155,15 +158,18 @@ def test_measured_sizes_match_overlock_info():
     (["table6", "--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data: no such folder"),
     (["table6", "--epochs", "0"], "--epochs must be a positive integer"),
     (["table6", "--iters", "5"], "--iters is an option of segmentation rows, not of --task cls"),
+    (["table6", "--task", "seg"], "--task seg needs --data-dir"),
     (["table6", "--task", "seg", "--epochs", "2"], "--epochs is an option of classification rows, not of --task seg"),
     (["table6", "--task", "seg", "--backbone", "overlock_xt"], "--backbone: every row trains its own model"),
-    (["table6", "--task", "seg", "--preset", "nope"], "unknown segmentation preset 'nope'"),
+    (["table6", "--task", "seg", "--preset", "nope", *_ANY_FOLDER], "unknown segmentation preset 'nope'"),
     (["table6", "--task", "seg", "--dataset", "fashion_mnist"], "segmentation rows read 'ade20k' or 'folder'"),
-    (["table6", "--task", "seg", "--max-steps", "5"], "--max-steps 5: a segmentation row's budget is --iters"),
-    (["table6", "--task", "seg", "--eval-every", "0"], "--iters 80000 --eval-every 0: both must be positive"),
-    (["--task", "seg", "--rows", "table6/gate", "table7/swin"], "table7/swin: no segmentation backbone"),
+    (["table6", "--task", "seg", "--max-steps", "5", *_ANY_FOLDER],
+     "--max-steps 5: a segmentation row's budget is --iters"),
+    (["table6", "--task", "seg", "--eval-every", "0", *_ANY_FOLDER],
+     "--iters 80000 --eval-every 0: both must be positive"),
+    (["--task", "seg", "--rows", "table6/gate", "table7/swin", *_ANY_FOLDER], "table7/swin: no segmentation backbone"),
     (["table6", "--pretrained-dir", "/nonexistent/runs"], "--pretrained-dir /nonexistent/runs: no such folder"),
-    (["--rows", "table6/se", "--task", "seg", "--pretrained-dir", Path(__file__).parent],
+    (["--rows", "table6/se", "--task", "seg", "--pretrained-dir", Path(__file__).parent, *_ANY_FOLDER],
      f"no {Path(__file__).parent / 'table6_se' / 'best.pth'} (each row starts from its own run there)"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path):

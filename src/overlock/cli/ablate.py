@@ -98,6 +98,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig | SegTrainCo
     if args.pretrained_dir is not None and "pretrained" in given:
         raise ValueError("--pretrained and --pretrained-dir: give one")
     data_dir = given.get("data_dir")
+    if task == "seg" and data_dir is None:
+        raise ValueError("--task seg needs --data-dir: ADE20K (ADEChallengeData2016) or a folder of images and masks "
+                         "(overlock data shapes DIR writes one)")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
     folders = Path(data_dir or ".") / ("masks" if task == "seg" else "train")
