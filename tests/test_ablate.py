@@ -1,6 +1,7 @@
 """``overlock ablate``: row selection, each row's configuration, reading back and resuming rows, the final
-evaluation of a run stopped inside an epoch, the table files, one-line errors; and (slow) a two-row table end to
-end, checked against the runs' own summaries and the models' counts of ``overlock info``."""
+evaluation of a run stopped inside an epoch, the table files, one-line errors, and the same for segmentation rows
+(``--task seg``: UperNet runs, mIoU); and (slow) two-row tables end to end, classification and segmentation,
+checked against the runs' own summaries and the models' counts of ``overlock info``."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from PIL import Image
 from probes import start_and_kill_at_step
@@ -17,18 +19,24 @@ from test_train_runs import make_folder, tiny_config
 
 from overlock import ablate
 from overlock.ablate import (
+    SEG_COLUMNS,
     final_evaluation,
     measure_models,
     row_config,
     row_folder,
     select_rows,
+    table_row,
     train_row,
     write_table,
 )
 from overlock.classification import TrainConfig, train, training
 from overlock.cli.info import describe
 from overlock.cli.main import main
+from overlock.data.shapes import write_shapes_dataset
+from overlock.engine.checkpoint import save_atomic
 from overlock.models import ABLATIONS
+from overlock.segmentation import training as seg_training
+from overlock.segmentation.config import SegTrainConfig, build_segmenter, seg_preset
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +147,9 @@ def test_measured_sizes_match_overlock_info():
     assert cost.images_per_s > 0
 
 
+_ANY_FOLDER = ["--data-dir", Path(__file__).parent]  # a folder that exists: the check after it is the one tested
+
+
 @pytest.mark.parametrize("argv, message", [
     (["tableZ"], "unknown ablation table 'tableZ'"),
     (["--rows", "table6/nope"], "unknown ablation row(s) table6/nope"),
@@ -146,6 +157,20 @@ def test_measured_sizes_match_overlock_info():
     (["table6", "--model", "overlock_xt"], "--model: every row trains its own model"),
     (["table6", "--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data: no such folder"),
     (["table6", "--epochs", "0"], "--epochs must be a positive integer"),
+    (["table6", "--iters", "5"], "--iters is an option of segmentation rows, not of --task cls"),
+    (["table6", "--task", "seg"], "--task seg needs --data-dir"),
+    (["table6", "--task", "seg", "--epochs", "2"], "--epochs is an option of classification rows, not of --task seg"),
+    (["table6", "--task", "seg", "--backbone", "overlock_xt"], "--backbone: every row trains its own model"),
+    (["table6", "--task", "seg", "--preset", "nope", *_ANY_FOLDER], "unknown segmentation preset 'nope'"),
+    (["table6", "--task", "seg", "--dataset", "fashion_mnist"], "segmentation rows read 'ade20k' or 'folder'"),
+    (["table6", "--task", "seg", "--max-steps", "5", *_ANY_FOLDER],
+     "--max-steps 5: a segmentation row's budget is --iters"),
+    (["table6", "--task", "seg", "--eval-every", "0", *_ANY_FOLDER],
+     "--iters 80000 --eval-every 0: both must be positive"),
+    (["--task", "seg", "--rows", "table6/gate", "table7/swin", *_ANY_FOLDER], "table7/swin: no segmentation backbone"),
+    (["table6", "--pretrained-dir", "/nonexistent/runs"], "--pretrained-dir /nonexistent/runs: no such folder"),
+    (["--rows", "table6/se", "--task", "seg", "--pretrained-dir", Path(__file__).parent, *_ANY_FOLDER],
+     f"no {Path(__file__).parent / 'table6_se' / 'best.pth'} (each row starts from its own run there)"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     status, line = fails(["ablate", *argv, "--out", str(tmp_path)], capsys)
@@ -214,3 +239,125 @@ def test_killed_table_resumes_its_unfinished_row(data, tmp_path, monkeypatch):
     assert [int(line["steps"]) for line in table] == [3, 3]
     summary = json.loads((row_folder(out, rows[1]) / "summary.json").read_text())
     assert float(table[1]["top1"]) == pytest.approx(summary["final"]["top1"])
+
+
+def test_seg_row_config_is_seg_trains_and_takes_no_classification_options(tmp_path):
+    base = seg_preset("shapes").updated(iters=7, seed=5, aux_weight=0.4)
+    row = ABLATIONS["table6/dds_model"]  # its own aux_weight=0.0 is the Overview-Net head's, a classification option
+    cfg = row_config(base, row, tmp_path / "out", given=[], pretrained_dir=tmp_path / "cls")
+    assert isinstance(cfg, SegTrainConfig)
+    assert (cfg.backbone, cfg.model_kwargs, cfg.aux_weight) == ("overlock_abl_table6_dds_model", {}, 0.4)
+    assert (cfg.iters, cfg.seed, cfg.channels) == (7, 5, base.channels)
+    assert cfg.output == str(tmp_path / "out" / "table6_dds_model")
+    assert cfg.pretrained == str(tmp_path / "cls" / "table6_dds_model" / "best.pth")
+
+
+def test_pretrained_dir_starts_each_seg_backbone_from_its_rows_run(tmp_path):
+    row = ABLATIONS["table6/plainnet"]
+    classifier = timm.create_model(row.model)
+    (tmp_path / "cls" / "table6_plainnet").mkdir(parents=True)
+    save_atomic({"model": classifier.state_dict(), "step": 1}, tmp_path / "cls" / "table6_plainnet" / "best.pth")
+    cfg = row_config(seg_preset("shapes"), row, tmp_path / "out", pretrained_dir=tmp_path / "cls")
+    backbone = build_segmenter(cfg, num_classes=4).backbone.state_dict()
+    trained = classifier.state_dict()
+    shared = [key for key in backbone if key in trained]
+    assert len(shared) > 100 and all(key.startswith("extra_norm") for key in backbone if key not in trained)
+    for key in shared:
+        torch.testing.assert_close(backbone[key], trained[key], rtol=0, atol=0, msg=key)
+
+
+def test_seg_rows_train_resume_and_read_back_with_the_seg_trainer(tmp_path, monkeypatch):
+    calls = []
+
+    def recording(cfg, **kwargs):
+        calls.append(kwargs)
+        return {"backbone": cfg.backbone, "steps": cfg.iters, "final": {"mIoU": 40.0, "aAcc": 90.0},
+                "best_miou": 40.0, "config": asdict(cfg)}
+
+    monkeypatch.setattr(seg_training, "train_segmentation", recording)
+    monkeypatch.setattr(training, "train", lambda *args, **kwargs: pytest.fail("the classification trainer ran"))
+    cfg = row_config(seg_preset("shapes").updated(workers=0), ABLATIONS["table6/se"], tmp_path)
+    assert final_evaluation(cfg, train_row(cfg)) == {"mIoU": 40.0, "aAcc": 90.0}
+    assert calls[-1] == {"overwrite": True}
+    Path(cfg.output).mkdir()
+    Path(cfg.output, "last.pth").write_bytes(b"")
+    monkeypatch.setattr(ablate, "load_training_checkpoint", lambda path: {"config": asdict(cfg.updated(workers=3))})
+    train_row(cfg.updated(save_every=2))  # a resumed row takes this call's workers, save_every and max_steps
+    assert calls[-1] == {"resume": True, "overrides": {"workers": 0, "save_every": 2, "max_steps": 0}}
+    with pytest.raises(ValueError, match=r"other settings \(iters 300 -> 9\)"):
+        train_row(cfg.updated(iters=9))
+    classification = TrainConfig(model=cfg.backbone, output=cfg.output)
+    with pytest.raises(ValueError, match="holds a segmentation run, not a classification one"):
+        train_row(classification)
+    Path(cfg.output, "summary.json").write_text(json.dumps(recording(cfg)))
+    calls.clear()
+    assert train_row(cfg)["final"]["mIoU"] == 40.0 and not calls  # finished: read back
+
+
+def test_seg_table_lines_and_files(tmp_path):
+    cost = ablate.ModelCost(params_m=16.0, gmacs=0.1, gmacs_224=2.6, images_per_s=10.0)
+    row = ABLATIONS["table6/gate"]
+    never_evaluated = table_row(row, {"steps": 4, "best_miou": -1.0}, {}, cost, seg_gmacs=0.5)
+    assert never_evaluated["miou"] is None and never_evaluated["best_miou"] is None
+    line = table_row(row, {"steps": 4, "train_seconds": 2.0, "best_miou": 51.0}, {"mIoU": 50.0, "aAcc": 80.0},
+                     cost, seg_gmacs=0.5)
+    assert (line["miou"], line["aacc"], line["best_miou"], line["seg_gmacs"]) == (50.0, 80.0, 51.0, 0.5)
+    assert (line["paper_params_m"], line["paper_miou"]) == (row.paper_params_m, row.paper_miou)
+    assert "top1" not in line
+    csv_path, md_path, png_path = write_table([line, dict(line, row="tableC/r4", miou=None)], tmp_path,
+                                              columns=SEG_COLUMNS, metric="miou")
+    with csv_path.open() as f:
+        read = list(csv.DictReader(f))
+    assert list(read[0]) == SEG_COLUMNS and read[0]["miou"] == "50.0" and read[1]["miou"] == ""
+    header = md_path.read_text().splitlines()[0]
+    assert "| UperNet GMACs (crop) | mIoU (%) | aAcc (%) | best mIoU (%) |" in header and "top-1" not in header
+    assert Image.open(png_path).size[0] > 300
+
+
+@pytest.mark.slow
+def test_two_row_seg_table_end_to_end(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "shapes"
+    write_shapes_dataset(data, train=8, val=2, size=32, seed=1)
+    out = tmp_path / "table"
+    rows = [ABLATIONS["table6/plainnet"], ABLATIONS["table6/dds_model"]]
+    argv = ["ablate", "--task", "seg", "--preset", "shapes", "--rows", *[row.key for row in rows],
+            "--data-dir", str(data), "--crop-size", "32", "--train-scale", "40", "32", "--test-scale", "32", "32",
+            "--channels", "16", "--aux-channels", "8", "--iters", "2", "--global-batch", "2", "--batch-size", "2",
+            "--seed", "3", "--speed-batch", "2", "--speed-iters", "1", "--out", str(out)]
+    assert main(argv) == 0
+    summaries = [json.loads((row_folder(out, row) / "summary.json").read_text()) for row in rows]
+    with (out / "table.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [line["row"] for line in table] == [row.key for row in rows]
+    for row, summary, line in zip(rows, summaries, table):
+        assert (line["label"], line["model"], summary["backbone"]) == (row.label, row.model, row.model)
+        assert summary["config"]["seed"] == 3 and summary["config"]["dataset"] == "folder"  # implied by masks/
+        assert int(line["steps"]) == summary["steps"] == 2
+        assert 0 <= float(line["miou"]) <= 100 and 0 <= float(line["aacc"]) <= 100  # percent, as seg train's
+        assert float(line["miou"]) == pytest.approx(summary["final"]["mIoU"])
+        assert float(line["aacc"]) == pytest.approx(summary["final"]["aAcc"])
+        info = describe(row.model, 32)
+        assert float(line["params_m"]) == pytest.approx(info["params_m"])
+        assert float(line["gmacs"]) == pytest.approx(info["gmacs"])
+        assert float(line["seg_gmacs"]) > 0 and float(line["images_per_s"]) > 0
+    assert "top1" not in table[0] and "| table6/plainnet | PlainNet |" in (out / "table.md").read_text()
+    assert (out / "table.png").stat().st_size > 0
+
+    train_segmentation = seg_training.train_segmentation
+    monkeypatch.setattr(seg_training, "train_segmentation", lambda *a, **k: pytest.fail("a finished row trained"))
+    assert main(argv) == 0  # a second call reads the finished rows back
+    with (out / "table.csv").open() as f:
+        assert [line["miou"] for line in csv.DictReader(f)] == [line["miou"] for line in table]
+
+    calls = []
+
+    def recording(cfg, **kwargs):
+        calls.append((cfg.output, kwargs.get("resume", False)))
+        return train_segmentation(cfg, **kwargs)
+
+    (row_folder(out, rows[1]) / "summary.json").unlink()  # as if killed after its last checkpoint
+    monkeypatch.setattr(seg_training, "train_segmentation", recording)
+    assert main(argv) == 0
+    assert calls == [(str(row_folder(out, rows[1])), True)]  # resumed from last.pth (nothing left to train)
+    with (out / "table.csv").open() as f:
+        assert [line["miou"] for line in csv.DictReader(f)] == [line["miou"] for line in table]

@@ -10,7 +10,8 @@ import dataclasses
 import json
 import math
 import typing
-from typing import Any, Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 MODEL_HELP = "timm model name, e.g. overlock_t (optional with a checkpoint of an overlock train run)"
 
@@ -91,14 +92,16 @@ def none_or(kind: type) -> Callable[[str], Any]:
 
 def add_config_options(
     parser: argparse.ArgumentParser, config: type, helps: dict[str, str], choices: dict[str, tuple[str, ...]],
-    overrides: dict[str, dict[str, Any]] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None, only: Collection[str] | None = None,
 ) -> None:
-    """One ``--field-name`` option per field of the config dataclass ``config``, parsed by the field's type:
-    booleans as ``--x/--no-x``, dicts as JSON, lists as several values, optional fields taking 'none'; an option
-    left out is absent from the namespace (the preset keeps its value). ``overrides`` gives a field's own
-    argparse arguments."""
+    """One ``--field-name`` option per field of the config dataclass ``config`` (of the fields named in ``only``,
+    when given), parsed by the field's type: booleans as ``--x/--no-x``, dicts as JSON, lists as several values,
+    optional fields taking 'none'; an option left out is absent from the namespace (the preset keeps its value).
+    ``overrides`` gives a field's own argparse arguments. ``parser`` may be an argument group."""
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         extra = dict(default=argparse.SUPPRESS, help=helps.get(f.name))  # absent: keep the preset

@@ -18,7 +18,7 @@ from overlock.segmentation.config import SEG_PRESETS, SegTrainConfig, seg_preset
 
 from .args import add_config_options, preset_with_options, resume_overrides
 
-_HELP = {
+SEG_HELP = {
     "backbone": "OverLoCK variant (timm name) under the UperNet, or an ablation row such as table6/dds_model",
     "model_kwargs": "extra backbone arguments as JSON, e.g. '{\"output_stride\": 16}'",
     "pretrained": "backbone checkpoint to start from (ImageNet weights, e.g. overlock_t_in1k_224.pth)",
@@ -34,7 +34,7 @@ _HELP = {
     "max_steps": "stop after N iterations in all (resume later with --resume)",
     "reduce_zero_label": "read mask value 0 as unlabelled and c as class c - 1 (default: for ADE20K)",
 }
-_CHOICES = {"amp": ("none", "bf16", "fp16"), "dataset": ("ade20k", "folder"), "test_mode": ("whole", "slide")}
+SEG_CHOICES = {"amp": ("none", "bf16", "fp16"), "dataset": ("ade20k", "folder"), "test_mode": ("whole", "slide")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
                         "backbone's upernet_* preset, or upernet_overlock_t)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
-    add_config_options(parser, SegTrainConfig, _HELP, _CHOICES)
+    add_config_options(parser, SegTrainConfig, SEG_HELP, SEG_CHOICES)
     parser.add_argument("--model", dest="backbone", default=argparse.SUPPRESS, help="the same as --backbone")
 
 
