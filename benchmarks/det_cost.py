@@ -27,15 +27,20 @@ from process_cost import add_harness_arguments, measure, run_rounds
 MODELS = ("official", "ours", "ours_optimized")
 
 
-def _build(which: str, variant: str, repo: str | None, drop_path: float):
+def _build(which: str, variant: str, repo: str | None, drop_path: float, checkpointing: bool):
+    """The detector; with ``checkpointing`` every backbone block is recomputed in the backward pass (ours through
+    ``set_grad_checkpointing``, the official one through its ``use_checkpoint`` list)."""
     from overlock.detection import create_maskrcnn
 
     model = create_maskrcnn(variant, drop_path_rate=drop_path)
     if which == "official":
         from overlock.official import load_official_detection_backbone
 
+        extra = dict(use_checkpoint=[10**9] * 4) if checkpointing else {}
         model.backbone = load_official_detection_backbone(repo, f"overlock_{variant}", "unfold",
-                                                          drop_path_rate=drop_path)
+                                                          drop_path_rate=drop_path, **extra)
+    elif checkpointing:
+        model.backbone.set_grad_checkpointing(True)
     return model
 
 
@@ -80,7 +85,8 @@ def worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = _build(args.worker, args.variant, args.official_repo, args.drop_path).to(device)
+    model = _build(args.worker, args.variant, args.official_repo, args.drop_path,
+                   args.grad_checkpointing and args.mode == "train").to(device)
     if args.mode == "train":
         images, metas = _batch(args, args.train_batch, device)
         boxes, labels, masks = _targets(args, images, torch.Generator().manual_seed(0))
@@ -115,11 +121,15 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--boxes", type=int, default=8, help="ground-truth boxes per training image")
     parser.add_argument("--drop-path", type=float, default=0.2)
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="train: recompute every backbone block in the backward pass (both models), which a "
+                             "batch of two 800x1333 images needs to fit in 24 GB of CPU memory")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    run_rounds(__file__, args, MODELS, ("height", "width", "infer_batch", "train_batch", "boxes", "drop_path"),
+    run_rounds(__file__, args, MODELS,
+               ("height", "width", "infer_batch", "train_batch", "boxes", "drop_path", "grad_checkpointing"),
                skip=lambda model, mode: model == "ours_optimized" and mode != "infer")
 
 

@@ -63,17 +63,30 @@ def run_rounds(script: str, args: argparse.Namespace, models: Sequence[str], fla
                 cmd = [sys.executable, script, "--worker", name, "--mode", mode]
                 for flag in (*SHARED_FLAGS, *flags):
                     value = getattr(args, flag)
-                    if value is not None:
+                    if value is True:
+                        cmd.append("--" + flag.replace("_", "-"))
+                    elif value is not None and value is not False:
                         cmd += ["--" + flag.replace("_", "-"), str(value)]
-                result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                runs[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+                result = subprocess.run(cmd, capture_output=True, text=True)
+                if result.returncode == 0:
+                    runs[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+                else:  # e.g. killed for memory: the table says so instead of losing the other measurements
+                    reason = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+                    runs[name].append({"failed": f"{reason} (exit status {result.returncode})"})
         for name, measured in runs.items():
-            rows.append({"model": name, "mode": mode,
-                         "seconds": statistics.median(r["seconds"] for r in measured),
-                         "peak_mb": statistics.median(r["peak_mb"] for r in measured)})
-    base = {r["mode"]: r for r in rows if r["model"] == "official"}
+            done = [r for r in measured if "failed" not in r]
+            if done:
+                rows.append({"model": name, "mode": mode,
+                             "seconds": statistics.median(r["seconds"] for r in done),
+                             "peak_mb": statistics.median(r["peak_mb"] for r in done)})
+            else:
+                rows.append({"model": name, "mode": mode, "failed": measured[-1]["failed"]})
+    base = {r["mode"]: r for r in rows if r["model"] == "official" and "failed" not in r}
     print(f"{'mode':<6} {'model':<16} {'s/step':>8} {'peak MB':>9} {'speed vs official':>18}")
     for r in rows:
+        if "failed" in r:
+            print(f"{r['mode']:<6} {r['model']:<16} failed: {r['failed']}")
+            continue
         ratio = base[r["mode"]]["seconds"] / r["seconds"] if r["mode"] in base else float("nan")
         r["speedup_vs_official"] = ratio
         print(f"{r['mode']:<6} {r['model']:<16} {r['seconds']:>8.2f} {r['peak_mb']:>9.0f} {ratio:>17.2f}x")
