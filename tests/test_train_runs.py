@@ -72,7 +72,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(data, tmp_path):
     assert {**interrupted["config"], "output": reference.output, "save_every": 0} == dataclasses.asdict(reference)
     assert interrupted["step"] < expected["steps"], "the run finished before it could be killed"
     assert interrupted["micro_in_epoch"] > 0 or interrupted["epoch"] > 0
-    resumed = train(killed.updated(save_every=0), resume=True)
+    resumed = train(killed, resume=True, overrides={"save_every": 0})
     assert resumed["steps"] == expected["steps"]
     assert resumed["final"]["top1"] == pytest.approx(expected["final"]["top1"])
     assert resumed["final"]["loss"] == pytest.approx(expected["final"]["loss"], rel=1e-5)

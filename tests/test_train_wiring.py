@@ -133,7 +133,7 @@ def test_resume_drops_log_rows_written_after_the_checkpoint(data, tmp_path):
         f.write("10,1,0.001,9.9\n")
     with (tmp_path / "run" / "metrics.csv").open("a") as f:
         f.write("2,12,0.001,9,9,0,0,,0,1\n")
-    resumed = train(cfg.updated(max_steps=0), resume=True)
+    resumed = train(cfg, resume=True, overrides={"max_steps": 0})
     assert resumed["steps"] == reference["steps"] == 12
 
     def rows(run, name):
@@ -149,7 +149,7 @@ def test_resume_drops_log_rows_written_after_the_checkpoint(data, tmp_path):
 def test_resume_ignores_recipe_changes_but_takes_run_options(data, tmp_path):
     cfg = tiny_config(data, tmp_path / "run", epochs=2, max_steps=3)
     train(cfg)
-    resumed = train(cfg.updated(lr=0.5, epochs=9, max_steps=0), resume=True)  # lr/epochs: the run's own
+    resumed = train(cfg.updated(lr=0.5, epochs=9), resume=True, overrides={"max_steps": 0})  # lr/epochs: the run's own
     assert resumed["config"]["lr"] == 1e-3 and resumed["epochs"] == 2 and resumed["steps"] == 12
 
 

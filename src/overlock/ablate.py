@@ -153,16 +153,15 @@ def _train(cfg: RowConfig, resume: bool) -> dict[str, Any]:
     if isinstance(cfg, SegTrainConfig):
         from .segmentation import training as seg_training
 
-        if resume:
-            # train_segmentation resumes in cfg.output itself; the other fields come as values
-            overrides = {name: getattr(cfg, name) for name in _RESUMED if name != "output"}
-            return seg_training.train_segmentation(cfg, resume=True, overrides=overrides)
-        return seg_training.train_segmentation(cfg, overwrite=True)
-    from .classification import training
+        trainer = seg_training.train_segmentation
+    else:
+        from .classification import training
 
-    if resume:
-        return training.train(cfg, resume=True, overrides=_RESUMED)
-    return training.train(cfg, overwrite=True)
+        trainer = training.train
+    if resume:  # the trainers resume in cfg.output; the other fields come as values
+        overrides = {name: getattr(cfg, name) for name in _RESUMED if name != "output"}
+        return trainer(cfg, resume=True, overrides=overrides)
+    return trainer(cfg, overwrite=True)
 
 
 def train_row(cfg: RowConfig, overwrite: bool = False) -> dict[str, Any]:

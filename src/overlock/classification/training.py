@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from timm.data import Mixup, create_transform, resolve_data_config
@@ -27,7 +27,7 @@ import overlock  # noqa: F401  (registers the models)
 from ..data import FashionMNIST, FashionMNISTTransform, ImageFolderDataset, collate_skipping_corrupt
 from ..data.augment import keep_zero_bit_posterize
 from ..data.seeded import SeededDataset
-from ..engine.checkpoint import RESUME_OVERRIDABLE, save_atomic, save_run_weights
+from ..engine.checkpoint import save_atomic, save_run_weights
 from ..engine.distributed import sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES
@@ -128,16 +128,15 @@ METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "v
                  "skipped_images", "seconds"]
 
 
-def train(
-    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, overrides: Iterable[str] = RESUME_OVERRIDABLE
-) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
+          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) the training described by ``cfg``; returns the summary written to summary.json.
 
-    When resuming, the run's own configuration is taken from ``cfg.output``/last.pth; of ``cfg`` only ``output``
-    and the ``overrides`` fields apply (those of ``RESUME_OVERRIDABLE``; the command line passes the ones given).
+    When resuming, the run in ``cfg.output`` continues with its own configuration (from its last.pth), changed only
+    by ``overrides``: any of ``engine.checkpoint.RESUME_OVERRIDABLE`` (``max_steps=0`` lets a run stopped by
+    ``max_steps`` finish).
     """
-    kept = {k: getattr(cfg, k) for k in overrides if k != "output"}  # the run's own settings but these
-    run = start_run(cfg, TrainConfig, resume, kept)
+    run = start_run(cfg, TrainConfig, resume, overrides)
     info, out, cfg = run.info, run.out, run.cfg
     run.prepare_folder(overwrite)
     torch.manual_seed(cfg.seed)

@@ -70,8 +70,8 @@ def preset_with_options(base: Any, given: dict[str, Any], model_field: str) -> A
 
 
 def resume_overrides(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
-    """The options a resumed dense run takes from the command line (``RESUME_OVERRIDABLE`` but ``output``); the
-    other configuration options given are named as ignored."""
+    """The options a resumed run takes from the command line (``RESUME_OVERRIDABLE`` but ``output``); the other
+    configuration options given are named as ignored."""
     from overlock.engine.checkpoint import RESUME_OVERRIDABLE
 
     fields = {f.name for f in dataclasses.fields(config_cls)}

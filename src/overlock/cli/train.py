@@ -7,11 +7,10 @@ or ``torchrun --nproc_per_node N $(which overlock) train ...``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from overlock.classification.config import PRESETS, TrainConfig, preset, with_ablation_row
 
-from .args import add_config_options, preset_with_options
+from .args import add_config_options, preset_with_options, resume_overrides
 
 TRAIN_HELP = {
     "model": "timm model name (any timm model works, for comparisons) or an ablation row such as table6/dds_model",
@@ -68,17 +67,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     from overlock.classification.training import train
-    from overlock.engine.checkpoint import RESUME_OVERRIDABLE
 
     cfg = config_from_args(args)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = [k for k in vars(args) if k in fields]  # options left out are absent (argparse.SUPPRESS)
-    if args.resume:
-        ignored = sorted(k for k in given if k not in RESUME_OVERRIDABLE)
-        if ignored:
-            print(f"--resume continues the run with its own settings; ignoring: {', '.join(ignored)}")
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite,
-                    overrides=[k for k in given if k in RESUME_OVERRIDABLE])
+    overrides = resume_overrides(args, TrainConfig) if args.resume else None
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     final = summary["final"]
     if final:
         print(
