@@ -17,8 +17,6 @@ from timm.layers import DropPath, register_notrace_function, register_notrace_mo
 from torch import Tensor, nn
 
 from ..ops import check_backend_name, contmix_apply
-from ..ops.geometry import relative_position_bias
-from ..ops.reference import neighbourhood_weighted_sum
 from .conv import DilatedRepConv, ResDWConv
 from .norm import GRN, LayerNorm2d
 from .scale import LayerScale
@@ -119,7 +117,7 @@ class ContMix(nn.Module):
     position biases. ``backend`` names the kernel application's backend (see ``overlock.ops``). With ``dilation``
     d both kernels take neighbours d apart (NATTEN's dilated neighbourhoods), for a dense backbone's
     ``output_stride``. ``softmax=False`` (an ablation of the paper's Table F) uses the logits plus the position
-    bias as the kernels' weights without normalising them, through the reference op.
+    bias as the kernels' weights without normalising them.
     """
 
     def __init__(self, kernel_size: int, smk_size: int, num_groups: int, backend: str = "auto", dilation: int = 1,
@@ -138,20 +136,9 @@ class ContMix(nn.Module):
         return (f"kernel_size={self.kernel_size}, smk_size={self.smk_size}, groups={self.num_groups}, "
                 f"backend={self.backend}{dilation}{softmax}")
 
-    @torch.jit.unused
-    def _apply_unnormalised(self, logits, value, kernel_size, rpb):
-        # type: (Tensor, Tensor, int, Tensor) -> Tensor
-        """``sum_n (logits + bias)[.., n] * value[neighbour n]``: the kernels without their softmax (the reference
-        op, eagerly: a scripted model raises here). Typed by comment, which TorchScript reads for unused methods."""
-        bias = relative_position_bias(rpb, value.shape[2], value.shape[3], kernel_size, self.dilation)
-        return neighbourhood_weighted_sum(logits + bias.unsqueeze(0).to(logits.dtype), value, kernel_size,
-                                          self.dilation)
-
     def _kernel_sum(self, logits: Tensor, value: Tensor, kernel_size: int, rpb: Tensor) -> Tensor:
         """The kernels from ``logits`` applied to ``value`` (softmax-normalised unless ``softmax=False``)."""
-        if self.softmax:
-            return contmix_apply(logits, value, kernel_size, rpb, self.backend, self.dilation)
-        return self._apply_unnormalised(logits, value, kernel_size, rpb)
+        return contmix_apply(logits, value, kernel_size, rpb, self.backend, self.dilation, self.softmax)
 
     def forward(
         self, value: Tensor, query: Tensor, key: Tensor, proj_weight: Tensor, proj_bias: Optional[Tensor],

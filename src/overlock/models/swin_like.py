@@ -6,8 +6,8 @@ residual; a LayerNorm + global average pool + linear classifier head. Only the t
 (``token_mixers``); every spatial kernel or window is 7 x 7. See docs/token_mixers.md for the choices made where
 the paper leaves them open.
 """
-from __future__ import annotations
-
+# No postponed annotations here: torch.fx copies the forward's input annotation into the traced graph's code, and
+# TorchScript cannot resolve a postponed one there (timm's fx-then-TorchScript test).
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -27,12 +27,13 @@ class SwinLikeBlock(nn.Module):
     """``x + mixer(norm(x))``, then ``x + mlp(norm(x))`` (a 1x1-conv MLP), on NCHW maps."""
 
     def __init__(self, dim: int, mixer: str, kernel_size: int = 7, block_index: int = 0, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, device: Any = None, dtype: Any = None):
         super().__init__()
-        self.norm1 = LayerNorm2d(dim)
-        self.mixer = create_token_mixer(mixer, dim, kernel_size, block_index)
-        self.norm2 = LayerNorm2d(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), use_conv=True)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = LayerNorm2d(dim, **dd)
+        self.mixer = create_token_mixer(mixer, dim, kernel_size, block_index, **dd)
+        self.norm2 = LayerNorm2d(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), use_conv=True, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,14 +45,16 @@ class SwinLikeStage(nn.Module):
     """Optional 2 x 2 stride-2 downsampling (LayerNorm, conv), then the blocks."""
 
     def __init__(self, in_dim: int, dim: int, depth: int, mixer: str, kernel_size: int, downsample: bool,
-                 mlp_ratio: float, drop_path: Sequence[float]):
+                 mlp_ratio: float, drop_path: Sequence[float], device: Any = None, dtype: Any = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.grad_checkpointing = False
         self.downsample = (
-            nn.Sequential(LayerNorm2d(in_dim), nn.Conv2d(in_dim, dim, 2, stride=2)) if downsample else nn.Identity()
+            nn.Sequential(LayerNorm2d(in_dim, **dd), nn.Conv2d(in_dim, dim, 2, stride=2, **dd)) if downsample
+            else nn.Identity()
         )
         self.blocks = nn.Sequential(*[
-            SwinLikeBlock(dim, mixer, kernel_size, i, mlp_ratio, drop_path[i]) for i in range(depth)
+            SwinLikeBlock(dim, mixer, kernel_size, i, mlp_ratio, drop_path[i], **dd) for i in range(depth)
         ])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -75,6 +78,7 @@ class SwinLike(nn.Module):
         global_pool: 'avg', 'max' or '' (timm's pool types).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this rate.
+        device, dtype: where and in which dtype to create the parameters.
     """
 
     def __init__(
@@ -89,28 +93,34 @@ class SwinLike(nn.Module):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if mixer not in TOKEN_MIXERS:
             raise ValueError(f"unknown token mixer {mixer!r}; choose from {', '.join(TOKEN_MIXERS)}")
         if len(depths) != len(dims):
             raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} differ in length")
         self.mixer = mixer
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = dims[-1]
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), LayerNorm2d(dims[0]))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4, **dd), LayerNorm2d(dims[0], **dd))
+        # on the CPU whatever the default device (a meta one has no values to list)
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))
         stages = []
         self.feature_info = []
         in_dim = dims[0]
         for i, (depth, dim) in enumerate(zip(depths, dims)):
-            stages.append(SwinLikeStage(in_dim, dim, depth, mixer, kernel_size, i > 0, mlp_ratio, rates[i].tolist()))
+            stages.append(SwinLikeStage(in_dim, dim, depth, mixer, kernel_size, i > 0, mlp_ratio, rates[i].tolist(),
+                                        **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
             in_dim = dim
         self.stages = nn.Sequential(*stages)
         self.head = NormMlpClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate,
-                                          norm_layer=LayerNorm2d)
+                                          norm_layer=LayerNorm2d, **dd)
         self.apply(_init_weights)
         for module in self.modules():
             if isinstance(module, DCNv3Mixer):

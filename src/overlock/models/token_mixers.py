@@ -20,11 +20,11 @@ pixel gathers its neighbours:
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, register_notrace_function, register_notrace_module
+from timm.layers import LayerNorm2d, register_notrace_module
 from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 from timm.models.volo import OutlookAttention
 from torch import Tensor, nn
@@ -50,15 +50,16 @@ __all__ = [
 ]
 
 
-def _pointwise(dim: int) -> nn.Conv2d:
-    return nn.Conv2d(dim, dim, 1)
+def _pointwise(dim: int, **dd: Any) -> nn.Conv2d:
+    return nn.Conv2d(dim, dim, 1, **dd)
 
 
-def _per_sample_depthwise(x: Tensor, weight: Tensor, padding: int) -> Tensor:
-    """Depthwise convolution of every sample with its own (B, C, k, k) kernels: one grouped convolution over the
-    batch folded into the channels."""
+def _per_sample_depthwise(x: Tensor, weight: Tensor, kernel_size: int) -> Tensor:
+    """Depthwise ``kernel_size`` x ``kernel_size`` convolution (zero-padded to the same size) of every sample with
+    its own (B, C, k, k) kernels: one grouped convolution over the batch folded into the channels."""
     batch, channels, height, width = x.shape
-    kernels = weight.reshape(batch * channels, 1, *weight.shape[-2:])
+    kernels = weight.reshape(batch * channels, 1, kernel_size, kernel_size)
+    padding = kernel_size // 2
     out = F.conv2d(x.reshape(1, batch * channels, height, width), kernels, padding=padding, groups=batch * channels)
     return out.reshape(batch, channels, height, width)
 
@@ -70,26 +71,28 @@ class DyConvMixer(nn.Module):
     ``softmax(fc2(relu(fc1(avgpool(x)))) / temperature)`` (hidden width ``dim // 4``), as in DyConv.
     """
 
-    def __init__(self, dim: int, kernel_size: int = 7, num_kernels: int = 4, temperature: float = 1.0):
+    def __init__(self, dim: int, kernel_size: int = 7, num_kernels: int = 4, temperature: float = 1.0,
+                 device: Any = None, dtype: Any = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.kernel_size = kernel_size
         self.temperature = temperature
         hidden = max(dim // 4, 4)
-        self.proj_in = _pointwise(dim)
+        self.proj_in = _pointwise(dim, **dd)
         self.attention = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, num_kernels, 1)
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, hidden, 1, **dd), nn.ReLU(), nn.Conv2d(hidden, num_kernels, 1, **dd)
         )
-        self.weight = nn.Parameter(torch.empty(num_kernels, dim, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(num_kernels, dim))
+        self.weight = nn.Parameter(torch.empty(num_kernels, dim, kernel_size, kernel_size, **dd))
+        self.bias = nn.Parameter(torch.zeros(num_kernels, dim, **dd))
         nn.init.trunc_normal_(self.weight, std=0.02)
-        self.proj_out = _pointwise(dim)
+        self.proj_out = _pointwise(dim, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj_in(x)
         mix = torch.softmax(self.attention(x).flatten(1) / self.temperature, dim=1)  # (B, num_kernels)
         weight = torch.einsum("bn,nckl->bckl", mix, self.weight)
         bias = mix @ self.bias
-        x = _per_sample_depthwise(x, weight, self.kernel_size // 2) + bias[:, :, None, None]
+        x = _per_sample_depthwise(x, weight, self.kernel_size) + bias[:, :, None, None]
         return self.proj_out(x)
 
 
@@ -103,21 +106,23 @@ class ODConvMixer(nn.Module):
     """
 
     def __init__(self, dim: int, kernel_size: int = 7, num_kernels: int = 4, reduction: float = 1 / 16,
-                 min_hidden: int = 16, temperature: float = 1.0):
+                 min_hidden: int = 16, temperature: float = 1.0, device: Any = None, dtype: Any = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden = max(int(dim * reduction), min_hidden)
         self.kernel_size = kernel_size
         self.temperature = temperature
-        self.proj_in = _pointwise(dim)
+        self.proj_in = _pointwise(dim, **dd)
         self.squeeze = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU()
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, hidden, 1, bias=False, **dd), nn.BatchNorm2d(hidden, **dd),
+            nn.ReLU(),
         )
-        self.channel_fc = nn.Conv2d(hidden, dim, 1)
-        self.spatial_fc = nn.Conv2d(hidden, kernel_size * kernel_size, 1)
-        self.kernel_fc = nn.Conv2d(hidden, num_kernels, 1)
-        self.weight = nn.Parameter(torch.empty(num_kernels, dim, kernel_size, kernel_size))
+        self.channel_fc = nn.Conv2d(hidden, dim, 1, **dd)
+        self.spatial_fc = nn.Conv2d(hidden, kernel_size * kernel_size, 1, **dd)
+        self.kernel_fc = nn.Conv2d(hidden, num_kernels, 1, **dd)
+        self.weight = nn.Parameter(torch.empty(num_kernels, dim, kernel_size, kernel_size, **dd))
         nn.init.trunc_normal_(self.weight, std=0.02)
-        self.proj_out = _pointwise(dim)
+        self.proj_out = _pointwise(dim, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj_in(x)
@@ -127,7 +132,7 @@ class ODConvMixer(nn.Module):
             -1, 1, self.kernel_size, self.kernel_size)  # (B, 1, k, k)
         kernels = torch.softmax(self.kernel_fc(context).flatten(1) / self.temperature, dim=1)  # (B, num_kernels)
         weight = torch.einsum("bn,nckl->bckl", kernels, self.weight) * spatial
-        return self.proj_out(_per_sample_depthwise(x * channel, weight, self.kernel_size // 2))
+        return self.proj_out(_per_sample_depthwise(x * channel, weight, self.kernel_size))
 
 
 class InvolutionMixer(nn.Module):
@@ -138,18 +143,20 @@ class InvolutionMixer(nn.Module):
     K x K neighbourhood, as in involution.
     """
 
-    def __init__(self, dim: int, kernel_size: int = 7, group_channels: int = 16, reduction: int = 4):
+    def __init__(self, dim: int, kernel_size: int = 7, group_channels: int = 16, reduction: int = 4,
+                 device: Any = None, dtype: Any = None):
         super().__init__()
         if dim % group_channels:
             raise ValueError(f"dim {dim} must be a multiple of group_channels {group_channels}")
+        dd = dict(device=device, dtype=dtype)
         self.kernel_size = kernel_size
         self.groups = dim // group_channels
-        self.proj_in = _pointwise(dim)
+        self.proj_in = _pointwise(dim, **dd)
         self.kernel_gen = nn.Sequential(
-            nn.Conv2d(dim, dim // reduction, 1, bias=False), nn.BatchNorm2d(dim // reduction), nn.ReLU(),
-            nn.Conv2d(dim // reduction, self.groups * kernel_size * kernel_size, 1),
+            nn.Conv2d(dim, dim // reduction, 1, bias=False, **dd), nn.BatchNorm2d(dim // reduction, **dd), nn.ReLU(),
+            nn.Conv2d(dim // reduction, self.groups * kernel_size * kernel_size, 1, **dd),
         )
-        self.proj_out = _pointwise(dim)
+        self.proj_out = _pointwise(dim, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
@@ -164,9 +171,11 @@ class OutlookerMixer(nn.Module):
     """VOLO's outlook attention (timm's ``OutlookAttention``: value projection, K^4 attention weights per head from
     the (stride-pooled) pixel, fold, output projection) on NCHW maps. ``stride`` 2 is VOLO's setting."""
 
-    def __init__(self, dim: int, num_heads: int = 1, kernel_size: int = 7, stride: int = 2):
+    def __init__(self, dim: int, num_heads: int = 1, kernel_size: int = 7, stride: int = 2, device: Any = None,
+                 dtype: Any = None):
         super().__init__()
-        self.attn = OutlookAttention(dim, num_heads, kernel_size=kernel_size, padding=kernel_size // 2, stride=stride)
+        self.attn = OutlookAttention(dim, num_heads, kernel_size=kernel_size, padding=kernel_size // 2, stride=stride,
+                                     device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.attn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -212,21 +221,24 @@ class DCNv3Mixer(nn.Module):
     projection. Offsets and masks start at zero (uniform masks, undeformed grid), as InternImage initialises them.
     """
 
-    def __init__(self, dim: int, num_groups: int, kernel_size: int = 7, offset_scale: float = 1.0):
+    def __init__(self, dim: int, num_groups: int, kernel_size: int = 7, offset_scale: float = 1.0,
+                 device: Any = None, dtype: Any = None):
         super().__init__()
         if dim % num_groups:
             raise ValueError(f"dim {dim} must be a multiple of num_groups {num_groups}")
+        dd = dict(device=device, dtype=dtype)
         self.kernel_size = kernel_size
         self.num_groups = num_groups
         self.offset_scale = offset_scale
         points = kernel_size * kernel_size
-        self.proj_in = _pointwise(dim)
+        self.proj_in = _pointwise(dim, **dd)
         self.dw_conv = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim), LayerNorm2d(dim), nn.GELU()
+            nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, **dd), LayerNorm2d(dim, **dd),
+            nn.GELU(),
         )
-        self.offset = nn.Conv2d(dim, num_groups * points * 2, 1)
-        self.mask = nn.Conv2d(dim, num_groups * points, 1)
-        self.proj_out = _pointwise(dim)
+        self.offset = nn.Conv2d(dim, num_groups * points * 2, 1, **dd)
+        self.mask = nn.Conv2d(dim, num_groups * points, 1, **dd)
+        self.proj_out = _pointwise(dim, **dd)
         self.reset_sampling()
 
     @torch.no_grad()
@@ -247,23 +259,24 @@ class DCNv3Mixer(nn.Module):
         return self.proj_out(out)
 
 
-@register_notrace_function  # builds a mask from the (concrete) map size
+def _roll_regions(length: int, window: int, shift: int, device: torch.device) -> Tensor:
+    """Per position along a side rolled by ``-shift``: 0 before the last window, 1 in the last window's part that
+    was there before the roll, 2 in the ``shift`` positions the roll brought round from the start."""
+    index = torch.arange(length, device=device)
+    return (index >= length - window).long() + (index >= length - shift).long()
+
+
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> Tensor:
     """(num_windows, window^2, window^2) additive mask of Swin's shifted windows on a ``height`` x ``width`` map
     rolled by ``-shift``: 0 between tokens that were neighbours before the roll, -100 between tokens that only the
-    cyclic roll put into one window."""
-    labels = torch.zeros(height, width, device=device)
-    cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    label = 0
-    for rows in cuts:
-        for cols in cuts:
-            labels[rows, cols] = label
-            label += 1
+    cyclic roll put into one window (tokens of different regions, 3 x 3 of them, Swin's labelling)."""
+    labels = 3 * _roll_regions(height, window, shift, device)[:, None] + _roll_regions(width, window, shift, device)
     windows = window_partition(labels[None, :, :, None], (window, window)).flatten(1)  # (nW, window^2)
     same = windows[:, :, None] == windows[:, None, :]
     return torch.zeros_like(same, dtype=torch.float32).masked_fill(~same, -100.0)
 
 
+@register_notrace_module  # whether to shift depends on the map size: a leaf for fx tracing
 class ShiftedWindowMixer(nn.Module):
     """Swin's (shifted) window attention: timm's ``WindowAttention`` (qkv, relative position bias, projection) on
     ``window`` x ``window`` windows, the map rolled by ``shift`` first (and back after) with Swin's mask.
@@ -272,20 +285,21 @@ class ShiftedWindowMixer(nn.Module):
     backbones do) and cropped back; a map that fits in one window is not shifted (as Swin does).
     """
 
-    def __init__(self, dim: int, num_heads: int, window: int = 7, shift: int = 0):
+    def __init__(self, dim: int, num_heads: int, window: int = 7, shift: int = 0, device: Any = None,
+                 dtype: Any = None):
         super().__init__()
         self.window = window
         self.shift = shift
-        self.attn = WindowAttention(dim, num_heads, window_size=window)
+        self.attn = WindowAttention(dim, num_heads, window_size=window, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        channels, height, width = x.shape[1:]
+        channels, height, width = x.shape[1], x.shape[2], x.shape[3]
         w = self.window
         pad_h, pad_w = (-height) % w, (-width) % w
         x = F.pad(x, (0, pad_w, 0, pad_h)).permute(0, 2, 3, 1)  # (B, Hp, Wp, C)
         padded_h, padded_w = height + pad_h, width + pad_w
         shift = self.shift if max(padded_h, padded_w) > w else 0
-        mask = None
+        mask: Optional[Tensor] = None
         if shift:
             x = torch.roll(x, (-shift, -shift), dims=(1, 2))
             mask = shifted_window_mask(padded_h, padded_w, w, shift, x.device).to(x.dtype)
@@ -317,16 +331,18 @@ class NeighbourhoodAttentionMixer(nn.Module):
     window around it (shifted inward at the borders: NATTEN's semantics, the project's ``contmix_apply``); output
     projection. Maps smaller than K are resized up for the attention and pooled back, as ContMix does."""
 
-    def __init__(self, dim: int, num_heads: int, kernel_size: int = 7, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, kernel_size: int = 7, backend: str = "auto", device: Any = None,
+                 dtype: Any = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.num_heads = num_heads
         self.kernel_size = kernel_size
         self.backend = check_backend_name(backend)
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.rpb = nn.Parameter(torch.empty(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, **dd)
+        self.rpb = nn.Parameter(torch.empty(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1, **dd))
         nn.init.trunc_normal_(self.rpb, std=0.02)
-        self.proj = _pointwise(dim)
+        self.proj = _pointwise(dim, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
         resized = resize_for_kernel(x, self.kernel_size)
@@ -347,22 +363,24 @@ class ContMixMixer(nn.Module):
     the kernel are resized up and pooled back, as in the official code.
     """
 
-    def __init__(self, dim: int, num_groups: int, kernel_size: int = 7, smk_size: int = 5, backend: str = "auto"):
+    def __init__(self, dim: int, num_groups: int, kernel_size: int = 7, smk_size: int = 5, backend: str = "auto",
+                 device: Any = None, dtype: Any = None):
         super().__init__()
         if dim % (2 * num_groups):
             raise ValueError(f"dim {dim} must be divisible by 2 * num_groups = {2 * num_groups}")
+        dd = dict(device=device, dtype=dtype)
         self.kernel_size = kernel_size
         self.scale = (dim // num_groups) ** -0.5  # the official ContMix block's scale for its groups
-        self.weight_query = query_projection(dim)
-        self.weight_key = key_projection(dim, dim)
-        self.weight_value = conv_bn(dim, dim)
-        self.weight_proj = nn.Conv2d(REGION_GRID**2, kernel_size**2 + smk_size**2, 1)
-        self.rpb1 = nn.Parameter(torch.empty(num_groups, 2 * smk_size - 1, 2 * smk_size - 1))
-        self.rpb2 = nn.Parameter(torch.empty(num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        self.weight_query = query_projection(dim, **dd)
+        self.weight_key = key_projection(dim, dim, **dd)
+        self.weight_value = conv_bn(dim, dim, **dd)
+        self.weight_proj = nn.Conv2d(REGION_GRID**2, kernel_size**2 + smk_size**2, 1, **dd)
+        self.rpb1 = nn.Parameter(torch.empty(num_groups, 2 * smk_size - 1, 2 * smk_size - 1, **dd))
+        self.rpb2 = nn.Parameter(torch.empty(num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1, **dd))
         nn.init.trunc_normal_(self.rpb1, std=0.02)
         nn.init.trunc_normal_(self.rpb2, std=0.02)
         self.contmix = ContMix(kernel_size, smk_size, num_groups, backend)
-        self.proj = _pointwise(dim)
+        self.proj = _pointwise(dim, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
         context = resize_for_kernel(x, self.kernel_size)
@@ -377,22 +395,24 @@ def _head_groups(dim: int, head_dim: int = 32) -> int:
     return max(dim // head_dim, 1)
 
 
-# name -> builder(dim, kernel_size, block_index): the Table 7 rows' mixers with this project's settings
-TOKEN_MIXERS: dict[str, Callable[[int, int, int], nn.Module]] = {
-    "dyconv": lambda dim, k, i: DyConvMixer(dim, k),
-    "odconv": lambda dim, k, i: ODConvMixer(dim, k),
-    "involution": lambda dim, k, i: InvolutionMixer(dim, k),
-    "outlooker": lambda dim, k, i: OutlookerMixer(dim, 1, k),
-    "dcnv3": lambda dim, k, i: DCNv3Mixer(dim, dim // 16, k),
-    "swin": lambda dim, k, i: ShiftedWindowMixer(dim, _head_groups(dim), k, shift=(k // 2) * (i % 2)),
-    "na": lambda dim, k, i: NeighbourhoodAttentionMixer(dim, _head_groups(dim), k),
-    "contmix": lambda dim, k, i: ContMixMixer(dim, _head_groups(dim), k),
+# name -> builder(dim, kernel_size, block_index, device=, dtype=): the Table 7 rows' mixers with this project's
+# settings
+TOKEN_MIXERS: dict[str, Callable[..., nn.Module]] = {
+    "dyconv": lambda dim, k, i, **dd: DyConvMixer(dim, k, **dd),
+    "odconv": lambda dim, k, i, **dd: ODConvMixer(dim, k, **dd),
+    "involution": lambda dim, k, i, **dd: InvolutionMixer(dim, k, **dd),
+    "outlooker": lambda dim, k, i, **dd: OutlookerMixer(dim, 1, k, **dd),
+    "dcnv3": lambda dim, k, i, **dd: DCNv3Mixer(dim, dim // 16, k, **dd),
+    "swin": lambda dim, k, i, **dd: ShiftedWindowMixer(dim, _head_groups(dim), k, shift=(k // 2) * (i % 2), **dd),
+    "na": lambda dim, k, i, **dd: NeighbourhoodAttentionMixer(dim, _head_groups(dim), k, **dd),
+    "contmix": lambda dim, k, i, **dd: ContMixMixer(dim, _head_groups(dim), k, **dd),
 }
 
 
-def create_token_mixer(name: str, dim: int, kernel_size: int = 7, block_index: int = 0) -> nn.Module:
+def create_token_mixer(name: str, dim: int, kernel_size: int = 7, block_index: int = 0, device: Any = None,
+                       dtype: Any = None) -> nn.Module:
     """The mixer ``name`` (a key of ``TOKEN_MIXERS``) for ``dim`` channels; ``block_index`` within its stage (Swin
-    shifts the windows of odd blocks)."""
+    shifts the windows of odd blocks); ``device`` and ``dtype`` of its parameters."""
     if name not in TOKEN_MIXERS:
         raise ValueError(f"unknown token mixer {name!r}; choose from {', '.join(TOKEN_MIXERS)}")
-    return TOKEN_MIXERS[name](dim, kernel_size, block_index)
+    return TOKEN_MIXERS[name](dim, kernel_size, block_index, device=device, dtype=dtype)
