@@ -20,9 +20,8 @@ The process harness (one process per model and mode, alternating rounds, medians
 from __future__ import annotations
 
 import argparse
-import json
 
-from process_cost import add_harness_arguments, measure, run_rounds
+from process_cost import add_harness_arguments, measure, work_or_run_rounds
 
 MODELS = ("official", "ours", "ours_optimized")
 
@@ -124,13 +123,9 @@ def main() -> None:
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="train: recompute every backbone block in the backward pass (both models), which a "
                              "batch of two 800x1333 images needs to fit in 24 GB of CPU memory")
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return
-    run_rounds(__file__, args, MODELS,
-               ("height", "width", "infer_batch", "train_batch", "boxes", "drop_path", "grad_checkpointing"),
-               skip=lambda model, mode: model == "ours_optimized" and mode != "infer")
+    work_or_run_rounds(__file__, parser.parse_args(), MODELS,
+                       ("height", "width", "infer_batch", "train_batch", "boxes", "drop_path", "grad_checkpointing"),
+                       worker)
 
 
 if __name__ == "__main__":

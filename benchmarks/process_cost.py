@@ -50,13 +50,23 @@ def measure(step: Callable[[], None], warmup: int, iters: int, device) -> tuple[
     return statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_rounds(script: str, args: argparse.Namespace, models: Sequence[str], flags: Sequence[str],
-               skip: Callable[[str, str], bool]) -> None:
-    """Run every (mode, model) not ``skip``-ped in its own process of ``script``, alternating models for
-    ``args.repeats`` rounds; print the table and write ``args.json``."""
+def work_or_run_rounds(script: str, args: argparse.Namespace, models: Sequence[str], flags: Sequence[str],
+                       worker: Callable[[argparse.Namespace], dict]) -> None:
+    """In a worker process (``--worker``), print ``worker(args)``'s measurement as JSON; otherwise run the rounds
+    (``_run_rounds``), the converted model (``ours_optimized``) in inference only."""
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    _run_rounds(script, args, models, flags)
+
+
+def _run_rounds(script: str, args: argparse.Namespace, models: Sequence[str], flags: Sequence[str]) -> None:
+    """Run every (mode, model) in its own process of ``script``, alternating models for ``args.repeats`` rounds;
+    print the table and write ``args.json``."""
     rows = []
     for mode in args.modes:
-        names = [m for m in models if (m != "official" or args.official_repo) and not skip(m, mode)]
+        names = [m for m in models if (m != "official" or args.official_repo)
+                 and (m != "ours_optimized" or mode == "infer")]
         runs: dict[str, list[dict]] = {m: [] for m in names}
         for _ in range(args.repeats):
             for name in names:

@@ -18,9 +18,8 @@ The process harness (one process per model and mode, alternating rounds, medians
 from __future__ import annotations
 
 import argparse
-import json
 
-from process_cost import add_harness_arguments, measure, run_rounds
+from process_cost import add_harness_arguments, measure, work_or_run_rounds
 
 MODELS = ("official", "ours", "ours_optimized")
 
@@ -96,12 +95,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--drop-path", type=float, default=0.2)
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return
-    run_rounds(__file__, args, MODELS, ("size", "batch_size", "drop_path"),
-               skip=lambda model, mode: model == "ours_optimized" and mode != "infer")
+    work_or_run_rounds(__file__, parser.parse_args(), MODELS, ("size", "batch_size", "drop_path"), worker)
 
 
 if __name__ == "__main__":

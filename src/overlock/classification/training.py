@@ -32,7 +32,7 @@ from ..engine.distributed import sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES
 from ..engine.run import start_run
-from ..engine.run_logs import finish_run_logs, read_run_log, save_two_panel_curves
+from ..engine.run_logs import finish_run_logs, save_run_curves
 from ..engine.sampler import EpochSampler
 from ..engine.seeding import rng_state
 from .config import TrainConfig
@@ -276,19 +276,6 @@ def _save_weights(model: nn.Module, info: dict[str, Any], stem: Path) -> None:
 
 def plot_curves(out: Path) -> None:
     """Training loss per step and validation top-1 per epoch, from the run's CSV logs, as curves.png."""
-    steps, epochs = read_run_log(out, "steps.csv"), read_run_log(out, "metrics.csv")
-    epoch_steps = [int(r["step"]) for r in epochs]
-
-    def loss(ax) -> None:
-        ax.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, alpha=0.6,
-                label="train (step)")
-        ax.plot(epoch_steps, [float(r["train_loss"]) for r in epochs], "o-", label="train (epoch)")
-        ax.plot(epoch_steps, [float(r["val_loss"]) for r in epochs], "s--", label="validation")
-        ax.set(xlabel="step", ylabel="loss", title="loss")
-
-    def accuracy(ax) -> None:
-        ax.plot(epoch_steps, [float(r["val_top1"]) for r in epochs], "o-", label="top-1")
-        ax.plot(epoch_steps, [float(r["val_top5"]) for r in epochs], "s--", label="top-5")
-        ax.set(xlabel="step", ylabel="validation accuracy (%)", title="accuracy")
-
-    save_two_panel_curves(out, loss, accuracy)
+    save_run_curves(out, [("train_loss", "o-", "train (epoch)"), ("val_loss", "s--", "validation")],
+                    [("val_top1", "o-", "top-1"), ("val_top5", "s--", "top-5")],
+                    "step", "loss", "validation accuracy (%)", "accuracy")

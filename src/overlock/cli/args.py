@@ -69,6 +69,12 @@ def preset_with_options(base: Any, given: dict[str, Any], model_field: str) -> A
     return base.updated(**changes)
 
 
+def add_run_folder_options(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` and ``--overwrite``: what a training command does with a run folder that already holds a run."""
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
+
+
 def resume_overrides(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
     """The options a resumed run takes from the command line (``RESUME_OVERRIDABLE`` but ``output``); the other
     configuration options given are named as ignored."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from overlock.detection.presets import DET_PRESETS, DetTrainConfig, det_preset
 
-from .args import add_config_options, preset_with_options, resume_overrides
+from .args import add_config_options, add_run_folder_options, preset_with_options, resume_overrides
 
 _HELP = {
     "backbone": "OverLoCK variant (timm name) of the detector",
@@ -51,8 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=list(DET_PRESETS), help="recipe to start from (default: "
                         "maskrcnn_overlock_t_1x, or the backbone's 1x preset)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
+    add_run_folder_options(parser)
     add_config_options(parser, DetTrainConfig, _HELP, _CHOICES)
 
 

@@ -16,7 +16,7 @@ import math
 
 from overlock.segmentation.config import SEG_PRESETS, SegTrainConfig, seg_preset
 
-from .args import add_config_options, preset_with_options, resume_overrides
+from .args import add_config_options, add_run_folder_options, preset_with_options, resume_overrides
 
 SEG_HELP = {
     "backbone": "OverLoCK variant (timm name) under the UperNet, or an ablation row such as table6/dds_model",
@@ -46,8 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=list(SEG_PRESETS), help="recipe to start from (default: the "
                         "backbone's upernet_* preset, or upernet_overlock_t)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
+    add_run_folder_options(parser)
     add_config_options(parser, SegTrainConfig, SEG_HELP, SEG_CHOICES)
     parser.add_argument("--model", dest="backbone", default=argparse.SUPPRESS, help="the same as --backbone")
 

@@ -10,7 +10,7 @@ import argparse
 
 from overlock.classification.config import PRESETS, TrainConfig, preset, with_ablation_row
 
-from .args import add_config_options, preset_with_options, resume_overrides
+from .args import add_config_options, add_run_folder_options, preset_with_options, resume_overrides
 
 TRAIN_HELP = {
     "model": "timm model name (any timm model works, for comparisons) or an ablation row such as table6/dds_model",
@@ -32,8 +32,7 @@ TRAIN_CHOICES = {"amp": ("none", "bf16", "fp16"), "dataset": ("folder", "fashion
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), help="recipe to start from (default: see below)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
+    add_run_folder_options(parser)
     add_config_options(parser, TrainConfig, TRAIN_HELP, TRAIN_CHOICES,
                        overrides={"grad_checkpointing": dict(type=int, nargs=4)})
     parser.epilog = (

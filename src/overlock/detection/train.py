@@ -27,7 +27,7 @@ from ..engine.distributed import sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES, substring_decay_groups
 from ..engine.run import start_run
-from ..engine.run_logs import finish_run_logs, read_run_log, save_two_panel_curves
+from ..engine.run_logs import finish_run_logs, save_run_curves
 from ..engine.sampler import training_loader
 from ..engine.seeding import rng_state
 from .data import CocoInstances, DetectionSample, EvalPipeline, TrainPipeline1x, TrainPipeline3x, collate_detection
@@ -57,20 +57,10 @@ def build_det_datasets(cfg: DetTrainConfig) -> tuple[CocoInstances, CocoInstance
 
 def plot_det_curves(out: Path) -> None:
     """Training loss per step and validation box / mask AP per evaluation, from the run's CSV logs, as curves.png."""
-    steps, evals = read_run_log(out, "steps.csv"), read_run_log(out, "metrics.csv")
-    eval_steps = [int(r["step"]) for r in evals]
-
-    def loss(ax) -> None:
-        ax.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, label="train (step)")
-        ax.plot(eval_steps, [float(r["train_loss"]) for r in evals], "o-", label="train (mean since last evaluation)")
-        ax.set(xlabel="step", ylabel="loss (sum of the RPN and RoI head losses)", title="loss")
-
-    def metrics(ax) -> None:
-        for key, style in (("bbox_mAP", "o-"), ("bbox_mAP_50", "o--"), ("segm_mAP", "s-"), ("segm_mAP_50", "s--")):
-            ax.plot(eval_steps, [float(r[key]) for r in evals], style, label=key)
-        ax.set(xlabel="step", ylabel="COCO AP (validation)", title="detection metrics")
-
-    save_two_panel_curves(out, loss, metrics)
+    save_run_curves(out, [("train_loss", "o-", "train (mean since last evaluation)")],
+                    [("bbox_mAP", "o-", "box AP"), ("bbox_mAP_50", "o--", "box AP50"), ("segm_mAP", "s-", "mask AP"),
+                     ("segm_mAP_50", "s--", "mask AP50")],
+                    "step", "loss (sum of the RPN and RoI head losses)", "COCO AP (validation)", "detection metrics")
 
 
 def _to_device(sample: DetectionSample, device: torch.device) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:

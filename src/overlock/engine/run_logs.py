@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 _logger = logging.getLogger(__name__)
 
@@ -82,16 +82,28 @@ def read_run_log(out: Path, name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def save_two_panel_curves(out: Path, draw_loss: Callable[[Any], None], draw_metric: Callable[[Any], None]) -> None:
-    """``out/curves.png``: a loss panel and a validation-metric panel, each drawn by its callback on its axes."""
+Curve = tuple[str, str, str]  # a metrics.csv column, its matplotlib line style, its legend label
+
+
+def save_run_curves(out: Path, loss_curves: Sequence[Curve], metric_curves: Sequence[Curve], x_label: str,
+                    loss_label: str, metric_label: str, metric_title: str) -> None:
+    """``out/curves.png`` from the run's logs: a loss panel (the per-step training loss of steps.csv, then
+    ``loss_curves``) beside a panel of ``metric_curves``, both over the step of each metrics.csv row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for draw, ax in zip((draw_loss, draw_metric), axes):
-        draw(ax)
+    steps, evals = read_run_log(out, "steps.csv"), read_run_log(out, "metrics.csv")
+    eval_steps = [int(r["step"]) for r in evals]
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, label="train (step)")
+    for ax, curves in ((loss_ax, loss_curves), (metric_ax, metric_curves)):
+        for column, style, label in curves:
+            ax.plot(eval_steps, [float(r[column]) for r in evals], style, label=label)
+    loss_ax.set(xlabel=x_label, ylabel=loss_label, title="loss")
+    metric_ax.set(xlabel=x_label, ylabel=metric_label, title=metric_title)
+    for ax in (loss_ax, metric_ax):
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()

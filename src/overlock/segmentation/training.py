@@ -25,7 +25,7 @@ from ..engine.distributed import sync_batchnorm
 from ..engine.loop import LoopHooks, LoopPlan, LoopState, PreparedBatch, TrainingLoop, TrainingTotals
 from ..engine.optimizer import AMP_DTYPES
 from ..engine.run import start_run
-from ..engine.run_logs import finish_run_logs, read_run_log, save_two_panel_curves
+from ..engine.run_logs import finish_run_logs, save_run_curves
 from ..engine.sampler import training_loader
 from ..engine.seeding import rng_state
 from .config import SegTrainConfig, build_optimizer, build_segmenter, poly_lr
@@ -66,20 +66,9 @@ def inference_settings(cfg: SegTrainConfig) -> SegInference:
 
 def plot_seg_curves(out: Path) -> None:
     """Training loss per step and validation mIoU / mAcc per evaluation, from the run's CSV logs, as curves.png."""
-    steps, evals = read_run_log(out, "steps.csv"), read_run_log(out, "metrics.csv")
-    eval_steps = [int(r["step"]) for r in evals]
-
-    def loss(ax) -> None:
-        ax.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1, label="train (step)")
-        ax.plot(eval_steps, [float(r["train_loss"]) for r in evals], "o-", label="train (mean since last evaluation)")
-        ax.set(xlabel="iteration", ylabel="loss (decode + 0.4 aux)", title="loss")
-
-    def metrics(ax) -> None:
-        for key, style in (("mIoU", "o-"), ("mAcc", "s--"), ("aAcc", "^:")):
-            ax.plot(eval_steps, [float(r[key]) for r in evals], style, label=key)
-        ax.set(xlabel="iteration", ylabel="validation (%)", title="segmentation metrics")
-
-    save_two_panel_curves(out, loss, metrics)
+    save_run_curves(out, [("train_loss", "o-", "train (mean since last evaluation)")],
+                    [("mIoU", "o-", "mIoU"), ("mAcc", "s--", "mAcc"), ("aAcc", "^:", "aAcc")],
+                    "iteration", "loss (decode + 0.4 aux)", "validation (%)", "segmentation metrics")
 
 
 def train_segmentation(cfg: SegTrainConfig, resume: bool = False, overwrite: bool = False,
